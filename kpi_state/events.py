@@ -1,0 +1,323 @@
+"""CRM events (DESIGN section 2): one frozen model per type, one discriminated union.
+
+Every entry point (replay, the faust agent, HTTP ingest) goes through
+``EventParser``: bytes in, a validated ``Event`` or a ``Rejection`` out, never an
+exception.  Rules that depend on configuration (stages, currencies, the
+future-skew clock) are checked after the model, in the parser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal, NamedTuple
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from kpi_state.settings import Settings
+
+
+class Rejection(NamedTuple):
+    """Why an input was refused. ``reason`` is a small closed vocabulary (a metric label)."""
+
+    reason: str
+    field: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"reason": self.reason, "field": self.field, "detail": self.detail}
+
+
+def _must_be_string(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise PydanticCustomError("timestamp_not_string", "occurred_at must be an RFC 3339 string")
+    return value
+
+
+def _must_be_aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise PydanticCustomError("naive_timestamp", "timestamp has no UTC offset")
+    return value
+
+
+def _dimension(value: str) -> str | None:
+    trimmed = value.strip()
+    if not trimmed:
+        return None
+    if len(trimmed) > 64:
+        raise PydanticCustomError("too_long", "longer than 64 characters after trimming")
+    return trimmed
+
+
+def _amount(value: float) -> float:
+    if not math.isfinite(value):
+        raise PydanticCustomError("not_finite", "amount must be finite")
+    if value < 0:
+        raise PydanticCustomError("negative_amount", "amount must be >= 0")
+    return value
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "a JSON number is required")
+    return value
+
+
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+Dimension = Annotated[StrictStr, AfterValidator(_dimension)]
+Amount = Annotated[float, BeforeValidator(_no_bool), Field(strict=True), AfterValidator(_amount)]
+Timestamp = Annotated[datetime, BeforeValidator(_must_be_string), AfterValidator(_must_be_aware)]
+Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
+Stage = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: Identifier
+    occurred_at: Timestamp
+
+
+class LeadCreated(_EventBase):
+    type: Literal["lead.created"]
+    lead_id: Identifier
+    source: Dimension | None = None
+    segment: Dimension | None = None
+    rep_id: Dimension | None = None
+
+
+class LeadQualified(_EventBase):
+    type: Literal["lead.qualified"]
+    lead_id: Identifier
+
+
+class DealCreated(_EventBase):
+    type: Literal["deal.created"]
+    deal_id: Identifier
+    rep_id: Dimension
+    amount: Amount
+    currency: Currency | None = None
+    lead_id: Identifier | None = None
+    stage: Stage | None = None
+
+
+class DealStageChanged(_EventBase):
+    type: Literal["deal.stage_changed"]
+    deal_id: Identifier
+    to_stage: Stage
+    from_stage: Stage | None = None
+    rep_id: Dimension | None = None
+    amount: Amount | None = None
+    currency: Currency | None = None
+
+
+class DealWon(_EventBase):
+    type: Literal["deal.won"]
+    deal_id: Identifier
+    customer_id: Identifier
+    rep_id: Dimension
+    amount: Amount
+    currency: Currency | None = None
+    lead_id: Identifier | None = None
+
+
+class DealLost(_EventBase):
+    type: Literal["deal.lost"]
+    deal_id: Identifier
+    rep_id: Dimension
+    lead_id: Identifier | None = None
+    reason: StrictStr | None = None
+
+
+class SpendRecorded(_EventBase):
+    type: Literal["spend.recorded"]
+    amount: Amount
+    currency: Currency | None = None
+    category: Literal["marketing", "sales"]
+    source: Dimension | None = None
+
+
+class RevenueRecorded(_EventBase):
+    type: Literal["revenue.recorded"]
+    customer_id: Identifier
+    amount: Amount
+    currency: Currency | None = None
+    gross_margin: Annotated[float, BeforeValidator(_no_bool), Field(strict=True, ge=0, le=1)] | None = None
+
+
+class CustomerChurned(_EventBase):
+    type: Literal["customer.churned"]
+    customer_id: Identifier
+
+
+class SurveyAnswered(_EventBase):
+    type: Literal["survey.answered"]
+    kind: Literal["nps", "csat"]
+    score: StrictInt
+    customer_id: Identifier | None = None
+
+
+Event = Annotated[
+    LeadCreated
+    | LeadQualified
+    | DealCreated
+    | DealStageChanged
+    | DealWon
+    | DealLost
+    | SpendRecorded
+    | RevenueRecorded
+    | CustomerChurned
+    | SurveyAnswered,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_TYPES: tuple[str, ...] = (
+    "lead.created",
+    "lead.qualified",
+    "deal.created",
+    "deal.stage_changed",
+    "deal.won",
+    "deal.lost",
+    "spend.recorded",
+    "revenue.recorded",
+    "customer.churned",
+    "survey.answered",
+)
+# Required fields a JSON null stands in for: null is "absent", so it rejects as missing.
+_REQUIRED: dict[str, frozenset[str]] = {
+    name: frozenset(
+        f for f, info in model.model_fields.items() if info.is_required() and f != "type"
+    )
+    for name, model in zip(
+        EVENT_TYPES,
+        (LeadCreated, LeadQualified, DealCreated, DealStageChanged, DealWon, DealLost,
+         SpendRecorded, RevenueRecorded, CustomerChurned, SurveyAnswered),
+        strict=True,
+    )
+}
+
+_REASONS = {
+    "missing": "missing_field",
+    "union_tag_not_found": "missing_field",
+    "union_tag_invalid": "unknown_type",
+    "model_type": "not_an_object",
+    "model_attributes_type": "not_an_object",
+    "naive_timestamp": "naive_timestamp",
+    "negative_amount": "negative_amount",
+    "not_finite": "invalid_amount",
+    "finite_number": "invalid_amount",
+    "too_long": "too_long",
+    "string_too_long": "too_long",
+}
+
+
+def rejection_from(error: ValidationError) -> Rejection:
+    """The first error of a validation, as (reason, field, detail)."""
+    first = error.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    # The discriminated union puts the tag first in the location: drop it.
+    if loc and loc[0] in EVENT_TYPES:
+        loc = loc[1:]
+    field = ".".join(loc) or None
+    kind = first["type"]
+    if kind == "union_tag_not_found":
+        field = "type"
+    if kind == "union_tag_invalid":
+        field = "type"
+    reason = _REASONS.get(kind)
+    if reason is None:
+        if field == "occurred_at":
+            reason = "invalid_timestamp"
+        elif field == "type":
+            reason = "unknown_type"
+        else:
+            reason = "invalid_field"
+    return Rejection(reason, field, first["msg"])
+
+
+class EventParser:
+    """Validation of raw inputs against DESIGN section 2 and the configuration."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._stages = frozenset(settings.stage_names)
+        self._currency = settings.currency
+        self._rates = settings.rates
+        self._skew = settings.max_future_skew
+
+    def parse_object(self, obj: object, now: datetime) -> Event | Rejection:
+        if not isinstance(obj, dict):
+            return Rejection("not_an_object", None, "an event is a JSON object")
+        kind = obj.get("type")
+        if isinstance(kind, str) and kind in _REQUIRED:
+            for name in _REQUIRED[kind]:
+                if obj.get(name) is None:
+                    return Rejection("missing_field", name, "required field is absent or null")
+        try:
+            event = EVENT_ADAPTER.validate_python(obj)
+        except ValidationError as exc:
+            return rejection_from(exc)
+        return self._check_config(event, now)
+
+    def parse_bytes(self, raw: bytes | str, now: datetime) -> Event | Rejection:
+        """One JSON event (a line of a file, a single-event message)."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return Rejection("invalid_json", None, str(exc))
+        return self.parse_object(obj, now)
+
+    def parse_message(self, raw: bytes, now: datetime) -> Iterator[tuple[bytes, Event | Rejection]]:
+        """A topic message: one event or a JSON array of events, each validated on its own.
+
+        Yields the bytes that stand for each event (the message itself, or the
+        element re-serialised) so a dead letter carries what was sent.
+        """
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            yield raw, Rejection("invalid_json", None, str(exc))
+            return
+        if isinstance(obj, list):
+            for item in obj:
+                yield orjson.dumps(item), self.parse_object(item, now)
+        else:
+            yield raw, self.parse_object(obj, now)
+
+    def _check_config(self, event: Event, now: datetime) -> Event | Rejection:
+        if event.occurred_at - now > self._skew:
+            return Rejection("future_timestamp", "occurred_at", "more than max_future_skew after now")
+        if isinstance(event, DealCreated) and event.stage is not None and event.stage not in self._stages:
+            return Rejection("unknown_stage", "stage", f"{event.stage!r} is not a configured stage")
+        if isinstance(event, DealStageChanged):
+            if event.to_stage not in self._stages:
+                return Rejection("unknown_stage", "to_stage", f"{event.to_stage!r} is not a configured stage")
+            if event.from_stage is not None and event.from_stage not in self._stages:
+                return Rejection(
+                    "unknown_stage", "from_stage", f"{event.from_stage!r} is not a configured stage"
+                )
+        if isinstance(event, SurveyAnswered):
+            low, high = (0, 10) if event.kind == "nps" else (1, 5)
+            if not low <= event.score <= high:
+                return Rejection("invalid_field", "score", f"{event.kind} score must be {low}-{high}")
+        currency = getattr(event, "currency", None)
+        if currency is not None and currency != self._currency and currency not in self._rates:
+            return Rejection("unknown_currency", "currency", f"no rate configured for {currency}")
+        return event
+
+    def amount_in_reporting(self, amount: float, currency: str | None) -> float:
+        if currency is None or currency == self._currency:
+            return amount
+        return amount * self._rates[currency]

@@ -1,0 +1,382 @@
+-- apply.lua: apply one batch of validated CRM events to the KPI state, atomically.
+--
+-- KEYS: none. Every key is "<ARGV[1]><kind>:<id>" in one namespace (standalone Redis,
+--       not Cluster: the joins touch keys that cannot be declared up front).
+-- ARGV[1] key prefix, e.g. "kpi:"
+-- ARGV[2] JSON config {keep={m=,h=,d=} seconds a bucket is written after its start,
+--         measured against the newest event time; slack = extra seconds of Redis TTL;
+--         dttl = de-duplication TTL; ettl = entity TTL}
+-- ARGV[3] JSON array of facts (built by store.py), each:
+--         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s),
+--         type fields (l lead, k deal, c customer, r rep, s source, g segment,
+--         a amount in micro-units, st stage, x margin micro-units, cat, p/q flags),
+--         and optionally w (offset-watermark field) and o (offset) for events read from Kafka.
+-- ARGV[4] JSON object {watermark field: offset} to raise after the batch (Kafka partitions).
+-- ARGV[5] newest occurred_at of the batch, epoch seconds.
+-- Returns {applied, duplicates, redelivered, {index, reason, index, reason, ...}}
+--         where index is the 1-based position in ARGV[3].
+--
+-- Contract: the final state depends only on the set of events applied, not on their
+-- order or batching. Each entity (lead L, deal D, customer C) keeps what its joins need;
+-- whenever an entity changes, everything it contributes is retracted with the old state and
+-- added back with the new one. Deltas are summed in a Lua table and written once per
+-- (key, field) at the end, so nothing is written before every event has been processed.
+
+local P = ARGV[1]
+local CFG = cjson.decode(ARGV[2])
+local FACTS = cjson.decode(ARGV[3])
+local MARKS = cjson.decode(ARGV[4])
+local ALL, CUR, OFFSETS = P .. 'all', P .. 'cur', P .. 'offsets'
+local LK, DK, CK, SEEN = P .. 'L:', P .. 'D:', P .. 'C:', P .. 'seen:'
+
+local WM = tonumber(redis.call('GET', P .. 'wm') or '0')
+local batch_wm = tonumber(ARGV[5])
+if batch_wm > WM then
+  WM = batch_wm
+  redis.call('SET', P .. 'wm', string.format('%d', WM))
+end
+
+local DELTA, TTL = {}, {}
+
+local function bump(key, field, v)
+  local h = DELTA[key]
+  if not h then
+    h = {}
+    DELTA[key] = h
+  end
+  h[field] = (h[field] or 0) + v
+end
+
+-- tb = {t, event_id, minute, hour, day}: an event's time, its tie-breaker and buckets.
+local function tb_of(f) return { f.t, f.i, f.m, f.h, f.d } end
+
+-- Code-point order of UTF-8 strings is their byte order; Lua's "<" uses the C locale
+-- collation, which is not guaranteed to be that.
+local function bytes_lt(x, y)
+  local n = math.min(#x, #y)
+  for i = 1, n do
+    local a, b = string.byte(x, i), string.byte(y, i)
+    if a ~= b then return a < b end
+  end
+  return #x < #y
+end
+
+local function earlier(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return bytes_lt(a[2], b[2])
+end
+
+local GRAN = { { 3, 'm:', CFG.keep.m }, { 4, 'h:', CFG.keep.h }, { 5, 'd:', CFG.keep.d } }
+
+-- Adds v to counter `code` of the buckets holding tb, for the total and each given dimension.
+local function put(code, tb, v, r, s, g)
+  if v == 0 then return end
+  for _, gr in ipairs(GRAN) do
+    local start = tb[gr[1]]
+    local left = start + gr[3] - WM
+    if left > 0 then
+      local key = P .. gr[2] .. start
+      TTL[key] = left + CFG.slack
+      bump(key, code, v)
+      if r then bump(key, code .. '|r|' .. r, v) end
+      if s then bump(key, code .. '|s|' .. s, v) end
+      if g then bump(key, code .. '|g|' .. g, v) end
+    end
+  end
+  bump(ALL, code, v)
+  if r then bump(ALL, code .. '|r|' .. r, v) end
+  if s then bump(ALL, code .. '|s|' .. s, v) end
+  if g then bump(ALL, code .. '|g|' .. g, v) end
+end
+
+-- Entity cache: loaded once per batch, written back once at the end.
+local ENT, DIRTY = {}, {}
+local function get(key)
+  local s = ENT[key]
+  if s == nil then
+    local raw = redis.call('GET', key)
+    if raw then s = cmsgpack.unpack(raw) else s = false end
+    ENT[key] = s
+  end
+  return s
+end
+local function get_or_new(key)
+  local s = get(key)
+  if not s then
+    s = {}
+    ENT[key] = s
+  end
+  DIRTY[key] = true
+  return s
+end
+
+local function lead_attrs(lead_id)
+  if lead_id then
+    local L = get(LK .. lead_id)
+    if L and L.c then return L.r, L.s, L.g end
+  end
+  return 'unassigned', 'unknown', 'unknown'
+end
+
+local function emit_lead(L, sign)
+  if not L then return end
+  local r, s, g = 'unassigned', 'unknown', 'unknown'
+  if L.c then
+    r, s, g = L.r, L.s, L.g
+    put('ld', L.c, sign, r, s, g)
+  end
+  if L.q then put('ql', L.q, sign, r, s, g) end
+  if L.w then
+    put('lc', L.w, sign, r, s, g)
+    if L.c then put('cc', L.c, sign, r, s, g) end
+  end
+end
+
+local function cycle_ms(us) return math.floor(us / 1000 + 0.5) end
+
+local function emit_deal(D, sign)
+  if not D then return end
+  if D.c then
+    local _, s, g = lead_attrs(D.cl)
+    put('dc', D.c, sign, D.cr, s, g)
+    put('e:' .. D.cs, D.c, sign, D.cr)
+  end
+  if D.n then
+    local rep = D.cr or 'unassigned'
+    for _, ch in ipairs(D.n) do put('e:' .. ch[2], ch[1], sign, rep) end
+  end
+  if D.x then
+    local _, s, g = lead_attrs(D.xl or D.cl)
+    if D.x == 'w' then
+      put('dw', D.xt, sign, D.xr, s, g)
+      put('rw', D.xt, sign * D.xa, D.xr, s, g)
+      put('e:won', D.xt, sign, D.xr)
+      if D.c then
+        put('cn', D.xt, sign, D.xr, s, g)
+        put('cs', D.xt, sign * cycle_ms(D.xt[1] - D.c[1]), D.xr, s, g)
+      end
+    else
+      put('dl', D.xt, sign, D.xr, s, g)
+    end
+  elseif D.c then
+    local stage = D.sto or D.cs
+    bump(CUR, 'po|' .. stage, sign)
+    if D.av and D.av ~= 0 then bump(CUR, 'pv|' .. stage, sign * D.av) end
+  end
+end
+
+local function emit_cust(C, sign)
+  if not C or not C.f then return end
+  local lead = C.fl
+  if not lead then
+    local D = get(DK .. C.fd)
+    if D then lead = D.cl end
+  end
+  local _, s, g = lead_attrs(lead)
+  put('nc', C.f, sign, C.fr, s, g)
+  if not C.ch then bump(CUR, 'ac', sign) end
+end
+
+local function link_deal(L, deal_id)
+  L.dl = L.dl or {}
+  for _, d in ipairs(L.dl) do
+    if d == deal_id then return end
+  end
+  table.insert(L.dl, deal_id)
+end
+
+-- Customers whose first won deal is one of `deals`: their attribution follows those deals.
+local function first_win_customers(deals)
+  local out = {}
+  for did, D in pairs(deals) do
+    if D.x == 'w' then
+      local C = get(CK .. D.xc)
+      if C and C.fd == did then out[D.xc] = C end
+    end
+  end
+  return out
+end
+
+local H = {}
+
+H.LC = function(f)
+  local L = get_or_new(LK .. f.l)
+  if L.c then return 'conflict' end
+  local deals = {}
+  for _, did in ipairs(L.dl or {}) do
+    local D = get(DK .. did)
+    if D then deals[did] = D end
+  end
+  local custs = first_win_customers(deals)
+  emit_lead(L, -1)
+  for _, D in pairs(deals) do emit_deal(D, -1) end
+  for _, C in pairs(custs) do emit_cust(C, -1) end
+  L.c, L.r, L.s, L.g = tb_of(f), f.r, f.s, f.g
+  emit_lead(L, 1)
+  for _, D in pairs(deals) do emit_deal(D, 1) end
+  for _, C in pairs(custs) do emit_cust(C, 1) end
+end
+
+H.LQ = function(f)
+  local L = get_or_new(LK .. f.l)
+  local t = tb_of(f)
+  if L.q and not earlier(t, L.q) then return end
+  emit_lead(L, -1)
+  L.q = t
+  emit_lead(L, 1)
+end
+
+H.DC = function(f)
+  local D = get_or_new(DK .. f.k)
+  if D.c then return 'conflict' end
+  local t = tb_of(f)
+  local L = f.l and get_or_new(LK .. f.l) or nil
+  -- A won deal without its own lead_id becomes linked to this lead: the lead may convert.
+  local converts = L and D.x == 'w' and not D.xl
+  local custs = first_win_customers({ [f.k] = D })
+  emit_deal(D, -1)
+  if converts then emit_lead(L, -1) end
+  for _, C in pairs(custs) do emit_cust(C, -1) end
+  D.c, D.cr, D.cl, D.cs = t, f.r, f.l, f.st
+  if not D.at or earlier(D.at, t) then D.at, D.av = t, f.a end
+  if L then link_deal(L, f.k) end
+  if converts and (not L.w or earlier(D.xt, L.w)) then L.w = D.xt end
+  emit_deal(D, 1)
+  if converts then emit_lead(L, 1) end
+  for _, C in pairs(custs) do emit_cust(C, 1) end
+end
+
+H.DS = function(f)
+  local D = get_or_new(DK .. f.k)
+  local t = tb_of(f)
+  emit_deal(D, -1)
+  if f.r then
+    put('e:' .. f.st, t, 1, f.r)
+  else
+    D.n = D.n or {}
+    table.insert(D.n, { t, f.st })
+  end
+  if not D.sst or earlier(D.sst, t) then D.sst, D.sto = t, f.st end
+  if f.a and (not D.at or earlier(D.at, t)) then D.at, D.av = t, f.a end
+  emit_deal(D, 1)
+end
+
+H.DW = function(f)
+  local D = get_or_new(DK .. f.k)
+  if D.x then return 'conflict' end
+  local t = tb_of(f)
+  local lead = f.l or D.cl
+  local L = lead and get_or_new(LK .. lead) or nil
+  local C = get_or_new(CK .. f.c)
+  emit_deal(D, -1)
+  if L then emit_lead(L, -1) end
+  emit_cust(C, -1)
+  D.x, D.xt, D.xr, D.xa, D.xc, D.xl = 'w', t, f.r, f.a, f.c, f.l
+  if L then
+    if f.l then link_deal(L, f.k) end
+    if not L.w or earlier(t, L.w) then L.w = t end
+  end
+  if not C.f or earlier(t, C.f) then C.f, C.fd, C.fr, C.fl = t, f.k, f.r, f.l end
+  emit_deal(D, 1)
+  if L then emit_lead(L, 1) end
+  emit_cust(C, 1)
+end
+
+H.DL = function(f)
+  local D = get_or_new(DK .. f.k)
+  if D.x then return 'conflict' end
+  emit_deal(D, -1)
+  D.x, D.xt, D.xr, D.xl = 'l', tb_of(f), f.r, f.l
+  if f.l then link_deal(get_or_new(LK .. f.l), f.k) end
+  emit_deal(D, 1)
+end
+
+H.SP = function(f)
+  local t = tb_of(f)
+  put('sp', t, f.a, nil, f.s)
+  put(f.cat == 'marketing' and 'sm' or 'ss', t, f.a, nil, f.s)
+end
+
+H.RR = function(f)
+  local t = tb_of(f)
+  put('rr', t, f.a)
+  put('gm', t, f.x)
+end
+
+H.CH = function(f)
+  put('ch', tb_of(f), 1)
+  local C = get_or_new(CK .. f.c)
+  if C.ch then return end
+  emit_cust(C, -1)
+  C.ch = 1
+  emit_cust(C, 1)
+end
+
+H.SV = function(f)
+  local t = tb_of(f)
+  if f.kind == 'nps' then
+    put('nn', t, 1)
+    if f.p then put('np', t, 1) end
+    if f.q then put('nd', t, 1) end
+  else
+    put('qn', t, 1)
+    if f.p then put('qp', t, 1) end
+  end
+end
+
+local applied, duplicates, redelivered = 0, 0, 0
+local rejected, seen_now, offsets = {}, {}, {}
+
+for idx, f in ipairs(FACTS) do
+  local stale = false
+  if f.w then
+    local done = offsets[f.w]
+    if done == nil then
+      done = tonumber(redis.call('HGET', OFFSETS, f.w) or '-1')
+      offsets[f.w] = done
+    end
+    stale = f.o <= done
+  end
+  if stale then
+    redelivered = redelivered + 1
+  elseif seen_now[f.i] or redis.call('EXISTS', SEEN .. f.i) == 1 then
+    duplicates = duplicates + 1
+  else
+    local err = H[f.y](f)
+    if err then
+      table.insert(rejected, idx)
+      table.insert(rejected, err)
+    else
+      applied = applied + 1
+      seen_now[f.i] = true
+    end
+  end
+end
+
+-- Writes only from here on.
+for key, fields in pairs(DELTA) do
+  for field, v in pairs(fields) do
+    if v ~= 0 then
+      if redis.call('HINCRBY', key, field, string.format('%d', v)) == 0 then
+        redis.call('HDEL', key, field)
+      end
+    end
+  end
+  local ttl = TTL[key]
+  if ttl then redis.call('EXPIRE', key, string.format('%d', ttl)) end
+end
+for key in pairs(DIRTY) do
+  local s = ENT[key]
+  if s and next(s) ~= nil then
+    redis.call('SET', key, cmsgpack.pack(s), 'EX', CFG.ettl)
+  end
+end
+for eid in pairs(seen_now) do
+  redis.call('SET', SEEN .. eid, '1', 'EX', CFG.dttl)
+end
+for field, off in pairs(MARKS) do
+  local cur = tonumber(redis.call('HGET', OFFSETS, field) or '-1')
+  if off > cur then redis.call('HSET', OFFSETS, field, string.format('%d', off)) end
+end
+
+return { applied, duplicates, redelivered, rejected }

@@ -1,0 +1,238 @@
+"""The one adapter that knows Redis: key layout, the apply script, and raw reads.
+
+Key layout under the namespace prefix ``<ns>:`` (see lua/apply.lua for writes):
+
+- ``m:<start>``, ``h:<start>``, ``d:<start>``: hash per minute/hour/day bucket, fields
+  ``<counter>`` (total) and ``<counter>|<r|s|g>|<value>`` (by rep/source/segment);
+  expire after their window plus a margin.
+- ``all``: the same fields for lifetime totals, never expires.
+- ``cur``: not-windowed state: ``ac`` active customers, ``po|<stage>`` open deals,
+  ``pv|<stage>`` open pipeline value (micro-units).
+- ``L:<lead>``, ``D:<deal>``, ``C:<customer>``: msgpack join state per entity.
+- ``seen:<event_id>``: de-duplication marks (TTL); ``wm``: newest event time seen;
+  ``offsets``: per-partition Kafka offset watermarks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from kpi_state import events as ev
+from kpi_state.events import Rejection
+from kpi_state.kpis import MICROS
+from kpi_state.settings import Settings
+from kpi_state.windows import LONGEST_BUCKETS, NOMINAL_SECONDS, BucketClock, epoch_micros
+
+APPLY_SCRIPT = resources.files("kpi_state").joinpath("lua/apply.lua").read_text(encoding="utf-8")
+
+# Largest amount accepted per event: micro-units must stay exact in Lua's doubles (2^53).
+MAX_AMOUNT = 1e9
+
+_TYPE_CODES = {
+    "lead.created": "LC", "lead.qualified": "LQ", "deal.created": "DC", "deal.stage_changed": "DS",
+    "deal.won": "DW", "deal.lost": "DL", "spend.recorded": "SP", "revenue.recorded": "RR",
+    "customer.churned": "CH", "survey.answered": "SV",
+}
+
+
+@dataclass(frozen=True)
+class SourcedEvent:
+    """An event read from Kafka, with the watermark field of its partition and its offset."""
+
+    event: ev.Event
+    watermark_field: str
+    offset: int
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    duplicates: int = 0
+    redelivered: int = 0
+    # (position in the batch, rejection): conflicts found against the stored state.
+    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
+
+    def merge(self, other: ApplyResult, offset: int) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.redelivered += other.redelivered
+        self.rejected.extend((i + offset, r) for i, r in other.rejected)
+
+
+def _micros(amount: float) -> int:
+    return round(amount * MICROS)
+
+
+class FactBuilder:
+    """Turns validated events into the compact facts apply.lua reads (bucket ids precomputed,
+    money in integer micro-units of the reporting currency, defaults filled in)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._clock = BucketClock(settings.tz)
+        self._parser = ev.EventParser(settings)
+        self._first_stage = settings.stage_names[0]
+        self._margin = settings.default_gross_margin
+
+    def amount_error(self, event: ev.Event) -> Rejection | None:
+        amount = getattr(event, "amount", None)
+        if amount is None:
+            return None
+        value = self._parser.amount_in_reporting(amount, getattr(event, "currency", None))
+        if not math.isfinite(value) or value > MAX_AMOUNT:
+            return Rejection("invalid_amount", "amount", f"amount above the supported maximum {MAX_AMOUNT:g}")
+        return None
+
+    def _amount(self, event: Any) -> int:
+        return _micros(self._parser.amount_in_reporting(event.amount, event.currency))
+
+    def fact(self, event: ev.Event) -> dict[str, Any]:
+        b = self._clock.bucket_ids(event.occurred_at)
+        f: dict[str, Any] = {
+            "i": event.event_id, "y": _TYPE_CODES[event.type],
+            "t": epoch_micros(event.occurred_at), "m": b.minute, "h": b.hour, "d": b.day,
+        }
+        match event:
+            case ev.LeadCreated():
+                f.update(l=event.lead_id, r=event.rep_id or "unassigned",
+                         s=event.source or "unknown", g=event.segment or "unknown")
+            case ev.LeadQualified():
+                f["l"] = event.lead_id
+            case ev.DealCreated():
+                f.update(k=event.deal_id, r=event.rep_id, a=self._amount(event),
+                         st=event.stage or self._first_stage)
+                if event.lead_id is not None:
+                    f["l"] = event.lead_id
+            case ev.DealStageChanged():
+                f.update(k=event.deal_id, st=event.to_stage)
+                if event.rep_id is not None:
+                    f["r"] = event.rep_id
+                if event.amount is not None:
+                    f["a"] = self._amount(event)
+            case ev.DealWon():
+                f.update(k=event.deal_id, c=event.customer_id, r=event.rep_id, a=self._amount(event))
+                if event.lead_id is not None:
+                    f["l"] = event.lead_id
+            case ev.DealLost():
+                f.update(k=event.deal_id, r=event.rep_id)
+                if event.lead_id is not None:
+                    f["l"] = event.lead_id
+            case ev.SpendRecorded():
+                f.update(a=self._amount(event), cat=event.category, s=event.source or "unknown")
+            case ev.RevenueRecorded():
+                amount = self._parser.amount_in_reporting(event.amount, event.currency)
+                margin = self._margin if event.gross_margin is None else event.gross_margin
+                f.update(c=event.customer_id, a=_micros(amount), x=_micros(amount * margin))
+            case ev.CustomerChurned():
+                f["c"] = event.customer_id
+            case ev.SurveyAnswered():
+                f["kind"] = event.kind
+                if event.kind == "nps":
+                    f.update(p=event.score >= 9, q=event.score <= 6)
+                else:
+                    f["p"] = event.score >= 4
+        # apply.lua tests flags for truth; JSON false would be a true Lua value only as cjson.null,
+        # so drop false flags to keep "absent" and "false" the same.
+        return {k: v for k, v in f.items() if v is not False}
+
+
+class KpiStore:
+    """Atomic batch writes and raw reads of the KPI state in one namespace."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._redis = client
+        self.prefix = f"{settings.namespace}:"
+        self._facts = FactBuilder(settings)
+        self._script = client.register_script(APPLY_SCRIPT)
+        self._slack = 3600
+        keep = {
+            "m": settings.minute_bucket_margin_seconds,
+            "h": settings.hour_bucket_margin_seconds,
+            "d": settings.day_bucket_margin_seconds,
+        }
+        self._config = orjson.dumps({
+            "keep": {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")},
+            "slack": self._slack,
+            "dttl": settings.dedupe_ttl_seconds,
+            "ettl": settings.entity_retention_seconds,
+        })
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    async def apply(
+        self,
+        events: Sequence[ev.Event | SourcedEvent],
+        marks: Mapping[str, int] | None = None,
+    ) -> ApplyResult:
+        """Apply a batch in one atomic script call.
+
+        ``marks`` raise per-partition offset watermarks in the same call, so a batch
+        read from Kafka is either applied with its offsets or not at all.
+        """
+        result = ApplyResult()
+        facts: list[dict[str, Any]] = []
+        positions: list[int] = []
+        newest = 0
+        for pos, item in enumerate(events):
+            event = item.event if isinstance(item, SourcedEvent) else item
+            problem = self._facts.amount_error(event)
+            if problem is not None:
+                result.rejected.append((pos, problem))
+                continue
+            fact = self._facts.fact(event)
+            if isinstance(item, SourcedEvent):
+                fact["w"], fact["o"] = item.watermark_field, item.offset
+            newest = max(newest, fact["t"] // 1_000_000)
+            facts.append(fact)
+            positions.append(pos)
+        if not facts and not marks:
+            return result
+        raw = await self._script(
+            args=[self.prefix, self._config, orjson.dumps(facts), orjson.dumps(dict(marks or {})),
+                  str(newest)],
+        )
+        applied, duplicates, redelivered, rejected = raw
+        result.applied, result.duplicates, result.redelivered = int(applied), int(duplicates), int(redelivered)
+        for i in range(0, len(rejected), 2):
+            pos = positions[int(rejected[i]) - 1]
+            reason = rejected[i + 1].decode() if isinstance(rejected[i + 1], bytes) else str(rejected[i + 1])
+            result.rejected.append((pos, Rejection(reason, None, "conflicts with a stored fact for this entity")))
+        result.rejected.sort()
+        return result
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        """HGETALL of several keys (names without the prefix) in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(self.prefix + key)
+            replies = await pipe.execute()
+        return [{_text(k): int(v) for k, v in reply.items()} for reply in replies]
+
+    async def offsets(self) -> dict[str, int]:
+        raw = await self._redis.hgetall(self.prefix + "offsets")
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def clear(self) -> int:
+        """Delete every key of the namespace (tests, `kpi replay --reset`)."""
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self._redis.scan_iter(match=self.prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await self._redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self._redis.unlink(*batch)
+        return deleted
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

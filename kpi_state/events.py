@@ -62,6 +62,13 @@ def _dimension(value: str) -> str | None:
     return trimmed
 
 
+def _required_dimension(value: str) -> str:
+    trimmed = _dimension(value)
+    if trimmed is None:
+        raise PydanticCustomError("blank_dimension", "required field is empty after trimming")
+    return trimmed
+
+
 def _amount(value: float) -> float:
     if not math.isfinite(value):
         raise PydanticCustomError("not_finite", "amount must be finite")
@@ -78,6 +85,7 @@ def _no_bool(value: Any) -> Any:
 
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 Dimension = Annotated[StrictStr, AfterValidator(_dimension)]
+RequiredDimension = Annotated[StrictStr, AfterValidator(_required_dimension)]
 Amount = Annotated[float, BeforeValidator(_no_bool), Field(strict=True), AfterValidator(_amount)]
 Timestamp = Annotated[datetime, BeforeValidator(_must_be_string), AfterValidator(_must_be_aware)]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
@@ -107,7 +115,7 @@ class LeadQualified(_EventBase):
 class DealCreated(_EventBase):
     type: Literal["deal.created"]
     deal_id: Identifier
-    rep_id: Dimension
+    rep_id: RequiredDimension
     amount: Amount
     currency: Currency | None = None
     lead_id: Identifier | None = None
@@ -128,7 +136,7 @@ class DealWon(_EventBase):
     type: Literal["deal.won"]
     deal_id: Identifier
     customer_id: Identifier
-    rep_id: Dimension
+    rep_id: RequiredDimension
     amount: Amount
     currency: Currency | None = None
     lead_id: Identifier | None = None
@@ -137,7 +145,7 @@ class DealWon(_EventBase):
 class DealLost(_EventBase):
     type: Literal["deal.lost"]
     deal_id: Identifier
-    rep_id: Dimension
+    rep_id: RequiredDimension
     lead_id: Identifier | None = None
     reason: StrictStr | None = None
 
@@ -197,20 +205,27 @@ EVENT_TYPES: tuple[str, ...] = (
     "survey.answered",
 )
 # Required fields a JSON null stands in for: null is "absent", so it rejects as missing.
+_MODELS: tuple[type[_EventBase], ...] = (
+    LeadCreated,
+    LeadQualified,
+    DealCreated,
+    DealStageChanged,
+    DealWon,
+    DealLost,
+    SpendRecorded,
+    RevenueRecorded,
+    CustomerChurned,
+    SurveyAnswered,
+)
+# Required fields a JSON null stands in for: null is "absent", so it rejects as missing.
 _REQUIRED: dict[str, frozenset[str]] = {
-    name: frozenset(
-        f for f, info in model.model_fields.items() if info.is_required() and f != "type"
-    )
-    for name, model in zip(
-        EVENT_TYPES,
-        (LeadCreated, LeadQualified, DealCreated, DealStageChanged, DealWon, DealLost,
-         SpendRecorded, RevenueRecorded, CustomerChurned, SurveyAnswered),
-        strict=True,
-    )
+    name: frozenset(f for f, info in model.model_fields.items() if info.is_required() and f != "type")
+    for name, model in zip(EVENT_TYPES, _MODELS, strict=True)
 }
 
 _REASONS = {
     "missing": "missing_field",
+    "blank_dimension": "missing_field",
     "union_tag_not_found": "missing_field",
     "union_tag_invalid": "unknown_type",
     "model_type": "not_an_object",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 Dim = Literal["total", "rep", "source", "segment"]
@@ -30,8 +31,19 @@ NPS_N, NPS_PROMOTERS, NPS_DETRACTORS, CSAT_N, CSAT_POSITIVE = "nn", "np", "nd", 
 STAGE_PREFIX = "e:"
 
 # Counters each dimension carries (the "y" columns of the KPI table).
-_FUNNEL = (LEADS, QUALIFIED, CONVERSIONS, COHORT, DEALS_CREATED, DEALS_WON, DEALS_LOST,
-           REVENUE_WON, NEW_CUSTOMERS, CYCLE_SUM_MS, CYCLE_COUNT)
+_FUNNEL = (
+    LEADS,
+    QUALIFIED,
+    CONVERSIONS,
+    COHORT,
+    DEALS_CREATED,
+    DEALS_WON,
+    DEALS_LOST,
+    REVENUE_WON,
+    NEW_CUSTOMERS,
+    CYCLE_SUM_MS,
+    CYCLE_COUNT,
+)
 DIM_COUNTERS: dict[Dim, tuple[str, ...]] = {
     "rep": _FUNNEL,
     "source": (*_FUNNEL, SPEND, SPEND_MARKETING, SPEND_SALES),
@@ -101,20 +113,22 @@ def spend_kpis(c: Mapping[str, int]) -> dict[str, object]:
 def stage_kpis(c: Mapping[str, int], stages: Sequence[str]) -> dict[str, object]:
     names = [*stages, "won"]
     entries = {s: c.get(STAGE_PREFIX + s, 0) for s in names}
-    conversion = {s: ratio(entries[nxt], entries[s]) for s, nxt in zip(names, names[1:], strict=False)}
+    conversion = {s: ratio(entries[nxt], entries[s]) for s, nxt in pairwise(names)}
     return {"stage_entries": entries, "stage_conversion_rate": conversion}
 
 
-def economics_kpis(c: Mapping[str, int], current: Current, funnel: Mapping[str, object],
-                   cac: float | None) -> dict[str, object]:
+def economics_kpis(
+    c: Mapping[str, int], current: Current, funnel: Mapping[str, object], cac: float | None
+) -> dict[str, object]:
     revenue = money(c.get(REVENUE_RECORDED, 0))
     churned = c.get(CHURNED, 0)
     new_customers = c.get(NEW_CUSTOMERS, 0)
     gross_margin = ratio(money(c.get(MARGIN, 0)), revenue)
     churn_rate = ratio(churned, current.active_customers - new_customers + churned)
     arpa = ratio(revenue, current.active_customers)
-    ltv = _ratio_opt(arpa * gross_margin if arpa is not None and gross_margin is not None else None,
-                     churn_rate)
+    ltv = _ratio_opt(
+        arpa * gross_margin if arpa is not None and gross_margin is not None else None, churn_rate
+    )
     nps_n = c.get(NPS_N, 0)
     nps = ratio(100 * (c.get(NPS_PROMOTERS, 0) - c.get(NPS_DETRACTORS, 0)), nps_n)
     win_rate = funnel["win_rate"]

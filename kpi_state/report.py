@@ -19,6 +19,7 @@ from kpi_state.store import KpiStore
 from kpi_state.windows import WINDOWS, BucketClock, Window
 
 Counters = dict[str, int]
+_DIMS: tuple[Dim, ...] = ("rep", "source", "segment")
 
 
 def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[str, Counters]]]:
@@ -63,7 +64,9 @@ class KpiReader:
             if window.granularity is None:
                 names = ["all"]
             else:
-                names = [f"{window.granularity}:{start}" for start in self._clock.window_buckets(window, as_of)]
+                names = [
+                    f"{window.granularity}:{start}" for start in self._clock.window_buckets(window, as_of)
+                ]
             plan.append((window, names))
             keys.extend(n for n in names if n not in keys)
         keys.append("cur")
@@ -106,17 +109,17 @@ class KpiReader:
     def window_document(self, fields: Mapping[str, int], current: Current) -> dict[str, Any]:
         total, dims = split_counters(fields)
         doc: dict[str, Any] = {"total": kpis.total_kpis(total, self._stages, current)}
-        for dim in ("rep", "source", "segment"):
-            values = dims[dim]  # type: ignore[index]
-            doc[DIM_KEYS[dim]] = {  # type: ignore[index]
-                name: kpis.dimension_kpis(c, dim, self._stages)  # type: ignore[arg-type]
-                for name, c in sorted(values.items())
-                if kpis.has_contribution(c, dim)  # type: ignore[arg-type]
+        for dim in _DIMS:
+            doc[DIM_KEYS[dim]] = {
+                name: kpis.dimension_kpis(c, dim, self._stages)
+                for name, c in sorted(dims[dim].items())
+                if kpis.has_contribution(c, dim)
             }
         return doc
 
-    async def document(self, as_of: datetime | None = None,
-                       windows: Iterable[str] | None = None) -> dict[str, Any]:
+    async def document(
+        self, as_of: datetime | None = None, windows: Iterable[str] | None = None
+    ) -> dict[str, Any]:
         as_of = as_of or datetime.now(UTC)
         per_window, cur = await self.window_fields(as_of)
         current_doc = self.current(cur)

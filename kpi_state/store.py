@@ -36,9 +36,16 @@ APPLY_SCRIPT = resources.files("kpi_state").joinpath("lua/apply.lua").read_text(
 MAX_AMOUNT = 1e9
 
 _TYPE_CODES = {
-    "lead.created": "LC", "lead.qualified": "LQ", "deal.created": "DC", "deal.stage_changed": "DS",
-    "deal.won": "DW", "deal.lost": "DL", "spend.recorded": "SP", "revenue.recorded": "RR",
-    "customer.churned": "CH", "survey.answered": "SV",
+    "lead.created": "LC",
+    "lead.qualified": "LQ",
+    "deal.created": "DC",
+    "deal.stage_changed": "DS",
+    "deal.won": "DW",
+    "deal.lost": "DL",
+    "spend.recorded": "SP",
+    "revenue.recorded": "RR",
+    "customer.churned": "CH",
+    "survey.answered": "SV",
 }
 
 
@@ -95,18 +102,30 @@ class FactBuilder:
     def fact(self, event: ev.Event) -> dict[str, Any]:
         b = self._clock.bucket_ids(event.occurred_at)
         f: dict[str, Any] = {
-            "i": event.event_id, "y": _TYPE_CODES[event.type],
-            "t": epoch_micros(event.occurred_at), "m": b.minute, "h": b.hour, "d": b.day,
+            "i": event.event_id,
+            "y": _TYPE_CODES[event.type],
+            "t": epoch_micros(event.occurred_at),
+            "m": b.minute,
+            "h": b.hour,
+            "d": b.day,
         }
         match event:
             case ev.LeadCreated():
-                f.update(l=event.lead_id, r=event.rep_id or "unassigned",
-                         s=event.source or "unknown", g=event.segment or "unknown")
+                f.update(
+                    l=event.lead_id,
+                    r=event.rep_id or "unassigned",
+                    s=event.source or "unknown",
+                    g=event.segment or "unknown",
+                )
             case ev.LeadQualified():
                 f["l"] = event.lead_id
             case ev.DealCreated():
-                f.update(k=event.deal_id, r=event.rep_id, a=self._amount(event),
-                         st=event.stage or self._first_stage)
+                f.update(
+                    k=event.deal_id,
+                    r=event.rep_id,
+                    a=self._amount(event),
+                    st=event.stage or self._first_stage,
+                )
                 if event.lead_id is not None:
                     f["l"] = event.lead_id
             case ev.DealStageChanged():
@@ -156,12 +175,14 @@ class KpiStore:
             "h": settings.hour_bucket_margin_seconds,
             "d": settings.day_bucket_margin_seconds,
         }
-        self._config = orjson.dumps({
-            "keep": {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")},
-            "slack": self._slack,
-            "dttl": settings.dedupe_ttl_seconds,
-            "ettl": settings.entity_retention_seconds,
-        })
+        self._config = orjson.dumps(
+            {
+                "keep": {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")},
+                "slack": self._slack,
+                "dttl": settings.dedupe_ttl_seconds,
+                "ettl": settings.entity_retention_seconds,
+            }
+        )
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -196,15 +217,26 @@ class KpiStore:
         if not facts and not marks:
             return result
         raw = await self._script(
-            args=[self.prefix, self._config, orjson.dumps(facts), orjson.dumps(dict(marks or {})),
-                  str(newest)],
+            args=[
+                self.prefix,
+                self._config,
+                orjson.dumps(facts),
+                orjson.dumps(dict(marks or {})),
+                str(newest),
+            ],
         )
         applied, duplicates, redelivered, rejected = raw
-        result.applied, result.duplicates, result.redelivered = int(applied), int(duplicates), int(redelivered)
+        result.applied, result.duplicates, result.redelivered = (
+            int(applied),
+            int(duplicates),
+            int(redelivered),
+        )
         for i in range(0, len(rejected), 2):
             pos = positions[int(rejected[i]) - 1]
             reason = rejected[i + 1].decode() if isinstance(rejected[i + 1], bytes) else str(rejected[i + 1])
-            result.rejected.append((pos, Rejection(reason, None, "conflicts with a stored fact for this entity")))
+            result.rejected.append(
+                (pos, Rejection(reason, None, "conflicts with a stored fact for this entity"))
+            )
         result.rejected.sort()
         return result
 

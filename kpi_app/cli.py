@@ -1,0 +1,199 @@
+"""The `kpi` command. Thin: parse flags, build the runtime, hand over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import structlog
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from kpi_app.bootstrap import Runtime, build_runtime
+from kpi_state.settings import Settings
+from kpi_state.windows import WINDOW_NAMES
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Real-time sales KPIs from CRM events (see docs and DESIGN).",
+)
+console = Console(stderr=True)
+
+RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="Redis URL [env KPI_REDIS_URL]")]
+Namespace = Annotated[str | None, typer.Option("--namespace", help="key prefix [env KPI_NAMESPACE]")]
+KafkaUrl = Annotated[str | None, typer.Option("--kafka-url", help="kafka://host:port [env KPI_KAFKA_URL]")]
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class By(StrEnum):
+    rep = "rep"
+    source = "source"
+    segment = "segment"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment first, flags win. A bad setting is a clear error, not a traceback."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        console.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def parse_instant(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an RFC 3339 timestamp: {value!r}") from exc
+    if ts.tzinfo is None:
+        raise typer.BadParameter("--as-of needs an offset (e.g. 2026-03-31T23:59:59Z)")
+    return ts
+
+
+def run_with_runtime(settings: Settings, body: Any) -> Any:
+    async def main() -> Any:
+        runtime = build_runtime(settings)
+        try:
+            return await body(runtime)
+        finally:
+            await runtime.aclose()
+
+    try:
+        return asyncio.run(main())
+    except (ConnectionError, OSError) as exc:
+        console.print(f"[red]cannot reach Redis at {settings.redis_url}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def replay(
+    files: Annotated[list[str], typer.Argument(help="JSONL files of events; - for stdin")],
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="where rejected lines go (default: beside input)")
+    ] = None,
+    reset: Annotated[bool, typer.Option(help="delete the namespace first")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Validate, de-duplicate and apply events from JSONL files, in batches."""
+    from kpi_app.replay import default_rejects_path
+    from kpi_app.replay import replay as do_replay
+
+    for name in files:
+        if name != "-" and not Path(name).is_file():
+            raise typer.BadParameter(f"no such file: {name}")
+    settings = load_settings(redis_url=redis_url, namespace=namespace)
+    rejects_path = rejects or default_rejects_path(files)
+
+    async def body(runtime: Runtime) -> Any:
+        if reset:
+            await runtime.store.clear()
+        return await do_replay(runtime, files, rejects_path, progress and sys.stderr.isatty())
+
+    summary = run_with_runtime(settings, body)
+    if summary_json:
+        typer.echo(orjson.dumps(summary.as_dict()).decode())
+        return
+    out = Console()
+    out.print(
+        f"lines {summary.lines:,}  applied {summary.applied:,}  duplicates {summary.duplicates:,}  "
+        f"rejected {sum(summary.rejected.values()):,}"
+    )
+    for reason, n in sorted(summary.rejected.items()):
+        out.print(f"  rejected {reason}: {n:,}")
+    if summary.rejected:
+        out.print(f"rejected lines and reasons: {summary.rejects_path}")
+
+
+@app.command()
+def show(
+    window: Annotated[str, typer.Option(help=f"one of {', '.join(WINDOW_NAMES)}")] = "30d",
+    by: Annotated[By | None, typer.Option(help="breakdown")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="evaluation time (RFC 3339)")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="table or json")] = Format.table,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+) -> None:
+    """Show the KPIs; --format json prints the full DESIGN section-5 document."""
+    from kpi_app.show import render
+
+    if window not in WINDOW_NAMES:
+        raise typer.BadParameter(f"window must be one of {', '.join(WINDOW_NAMES)}")
+    settings = load_settings(redis_url=redis_url, namespace=namespace)
+    instant = parse_instant(as_of)
+
+    async def body(runtime: Runtime) -> dict[str, Any]:
+        return await runtime.reader.document(instant)
+
+    doc = run_with_runtime(settings, body)
+    if fmt is Format.json:
+        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    Console().print(render(doc, window, by.value if by else None))
+
+
+@app.command()
+def simulate(
+    history_days: Annotated[float, typer.Option(help="days of backfilled history")] = 0.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 1,
+    output: Annotated[Path | None, typer.Option(help="write JSONL here")] = None,
+    reps: Annotated[int, typer.Option(help="sales reps")] = 8,
+    leads_per_day: Annotated[float, typer.Option(help="lead volume")] = 120.0,
+    conversion_drop: Annotated[bool, typer.Option(help="scenario: conversion drops (alert demo)")] = False,
+) -> None:
+    """Generate a realistic CRM history as JSONL."""
+    from streams.simulator import SimConfig, simulate_history
+
+    if output is None:
+        raise typer.BadParameter("--output FILE is required for a history")
+    settings = load_settings()
+    config = SimConfig(
+        seed=seed,
+        reps=reps,
+        stages=settings.stage_names,
+        leads_per_day=leads_per_day,
+        conversion_drop=conversion_drop,
+    )
+    end = datetime.now(UTC).replace(microsecond=0)
+    start = end - timedelta(days=history_days)
+    n = 0
+    with open(output, "wb") as out:
+        for event in simulate_history(config, start=start, end=end):
+            out.write(orjson.dumps(event) + b"\n")
+            n += 1
+    console.print(f"wrote {n:,} events ({history_days:g} days) to {output}")
+
+
+def main() -> None:
+    configure_logging()
+    app()

@@ -120,6 +120,7 @@ class Replayer:
                 if in_flight is not None:
                     self._account(await in_flight[0], in_flight[1])
                 in_flight = (asyncio.create_task(self._runtime.store.apply(events)), lines)
+                await asyncio.sleep(0)  # let the task send its script call before we parse on
                 events, lines = [], []
                 now = datetime.now(UTC)
         if in_flight is not None:

@@ -105,9 +105,9 @@ class FactBuilder:
             "i": event.event_id,
             "y": _TYPE_CODES[event.type],
             "t": epoch_micros(event.occurred_at),
-            "m": b.minute,
-            "h": b.hour,
-            "d": b.day,
+            "m": str(b.minute),
+            "h": str(b.hour),
+            "d": str(b.day),
         }
         match event:
             case ev.LeadCreated():

@@ -7,7 +7,8 @@
 --         measured against the newest event time; slack = extra seconds of Redis TTL;
 --         dttl = de-duplication TTL; ettl = entity TTL}
 -- ARGV[3] JSON array of facts (built by store.py), each:
---         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s),
+--         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s, as
+--         strings: number-to-string conversion in Lua costs a microsecond per key),
 --         type fields (l lead, k deal, c customer, r rep, s source, g segment,
 --         a amount in micro-units, st stage, x margin micro-units, cat, p/q flags),
 --         and optionally w (offset-watermark field) and o (offset) for events read from Kafka.
@@ -68,25 +69,39 @@ end
 
 local GRAN = { { 3, 'm:', CFG.keep.m }, { 4, 'h:', CFG.keep.h }, { 5, 'd:', CFG.keep.d } }
 
--- Adds v to counter `code` of the buckets holding tb, for the total and each given dimension.
-local function put(code, tb, v, r, s, g)
-  if v == 0 then return end
+-- Bucket keys (with their remaining lifetime) of a time record; cached per record, since a
+-- record is usually retracted and added back in the same batch.
+local KEYS_OF = setmetatable({}, { __mode = 'k' })
+local function keys_of(tb)
+  local ks = KEYS_OF[tb]
+  if ks then return ks end
+  ks = {}
   for _, gr in ipairs(GRAN) do
     local start = tb[gr[1]]
-    local left = start + gr[3] - WM
+    local left = tonumber(start) + gr[3] - WM
     if left > 0 then
       local key = P .. gr[2] .. start
       TTL[key] = left + CFG.slack
-      bump(key, code, v)
-      if r then bump(key, code .. '|r|' .. r, v) end
-      if s then bump(key, code .. '|s|' .. s, v) end
-      if g then bump(key, code .. '|g|' .. g, v) end
+      ks[#ks + 1] = key
     end
   end
-  bump(ALL, code, v)
-  if r then bump(ALL, code .. '|r|' .. r, v) end
-  if s then bump(ALL, code .. '|s|' .. s, v) end
-  if g then bump(ALL, code .. '|g|' .. g, v) end
+  ks[#ks + 1] = ALL
+  KEYS_OF[tb] = ks
+  return ks
+end
+
+-- Adds v to counter `code` of the buckets holding tb, for the total and each given dimension.
+local function put(code, tb, v, r, s, g)
+  if v == 0 then return end
+  local fr = r and (code .. '|r|' .. r)
+  local fs = s and (code .. '|s|' .. s)
+  local fg = g and (code .. '|g|' .. g)
+  for _, key in ipairs(keys_of(tb)) do
+    bump(key, code, v)
+    if fr then bump(key, fr, v) end
+    if fs then bump(key, fs, v) end
+    if fg then bump(key, fg, v) end
+  end
 end
 
 -- Entity cache: loaded once per batch, written back once at the end.
@@ -134,35 +149,47 @@ end
 
 local function cycle_ms(us) return math.floor(us / 1000 + 0.5) end
 
-local function emit_deal(D, sign)
-  if not D then return end
-  if D.c then
-    local _, s, g = lead_attrs(D.cl)
-    put('dc', D.c, sign, D.cr, s, g)
-    put('e:' .. D.cs, D.c, sign, D.cr)
-  end
-  if D.n then
-    local rep = D.cr or 'unassigned'
-    for _, ch in ipairs(D.n) do put('e:' .. ch[2], ch[1], sign, rep) end
-  end
-  if D.x then
-    local _, s, g = lead_attrs(D.xl or D.cl)
-    if D.x == 'w' then
-      put('dw', D.xt, sign, D.xr, s, g)
-      put('rw', D.xt, sign * D.xa, D.xr, s, g)
-      put('e:won', D.xt, sign, D.xr)
-      if D.c then
-        put('cn', D.xt, sign, D.xr, s, g)
-        put('cs', D.xt, sign * cycle_ms(D.xt[1] - D.c[1]), D.xr, s, g)
-      end
-    else
-      put('dl', D.xt, sign, D.xr, s, g)
+-- A deal's contributions, in parts that change for different reasons.
+local function emit_created(D, sign)
+  if not D.c then return end
+  local _, s, g = lead_attrs(D.cl)
+  put('dc', D.c, sign, D.cr, s, g)
+  put('e:' .. D.cs, D.c, sign, D.cr)
+end
+
+local function emit_unattributed_stages(D, sign)
+  if not D.n then return end
+  local rep = D.cr or 'unassigned'
+  for _, ch in ipairs(D.n) do put('e:' .. ch[2], ch[1], sign, rep) end
+end
+
+local function emit_terminal(D, sign)
+  if not D.x then return end
+  local _, s, g = lead_attrs(D.xl or D.cl)
+  if D.x == 'w' then
+    put('dw', D.xt, sign, D.xr, s, g)
+    put('rw', D.xt, sign * D.xa, D.xr, s, g)
+    put('e:won', D.xt, sign, D.xr)
+    if D.c then
+      put('cn', D.xt, sign, D.xr, s, g)
+      put('cs', D.xt, sign * cycle_ms(D.xt[1] - D.c[1]), D.xr, s, g)
     end
-  elseif D.c then
-    local stage = D.sto or D.cs
-    bump(CUR, 'po|' .. stage, sign)
-    if D.av and D.av ~= 0 then bump(CUR, 'pv|' .. stage, sign * D.av) end
+  else
+    put('dl', D.xt, sign, D.xr, s, g)
   end
+end
+
+local function emit_pipeline(D, sign)
+  if D.x or not D.c then return end
+  local stage = D.sto or D.cs
+  bump(CUR, 'po|' .. stage, sign)
+  if D.av and D.av ~= 0 then bump(CUR, 'pv|' .. stage, sign * D.av) end
+end
+
+-- The parts that depend on the deal's lead attributes.
+local function emit_lead_dependent(D, sign)
+  emit_created(D, sign)
+  emit_terminal(D, sign)
 end
 
 local function emit_cust(C, sign)
@@ -209,11 +236,11 @@ H.LC = function(f)
   end
   local custs = first_win_customers(deals)
   emit_lead(L, -1)
-  for _, D in pairs(deals) do emit_deal(D, -1) end
+  for _, D in pairs(deals) do emit_lead_dependent(D, -1) end
   for _, C in pairs(custs) do emit_cust(C, -1) end
   L.c, L.r, L.s, L.g = tb_of(f), f.r, f.s, f.g
   emit_lead(L, 1)
-  for _, D in pairs(deals) do emit_deal(D, 1) end
+  for _, D in pairs(deals) do emit_lead_dependent(D, 1) end
   for _, C in pairs(custs) do emit_cust(C, 1) end
 end
 
@@ -234,14 +261,21 @@ H.DC = function(f)
   -- A won deal without its own lead_id becomes linked to this lead: the lead may convert.
   local converts = L and D.x == 'w' and not D.xl
   local custs = first_win_customers({ [f.k] = D })
-  emit_deal(D, -1)
+  -- Every part of the deal may change: rep of unattributed stage changes, the terminal's
+  -- lead and cycle, the pipeline. The created part itself is new.
+  emit_unattributed_stages(D, -1)
+  emit_terminal(D, -1)
+  emit_pipeline(D, -1)
   if converts then emit_lead(L, -1) end
   for _, C in pairs(custs) do emit_cust(C, -1) end
   D.c, D.cr, D.cl, D.cs = t, f.r, f.l, f.st
   if not D.at or earlier(D.at, t) then D.at, D.av = t, f.a end
   if L then link_deal(L, f.k) end
   if converts and (not L.w or earlier(D.xt, L.w)) then L.w = D.xt end
-  emit_deal(D, 1)
+  emit_created(D, 1)
+  emit_unattributed_stages(D, 1)
+  emit_terminal(D, 1)
+  emit_pipeline(D, 1)
   if converts then emit_lead(L, 1) end
   for _, C in pairs(custs) do emit_cust(C, 1) end
 end
@@ -249,16 +283,17 @@ end
 H.DS = function(f)
   local D = get_or_new(DK .. f.k)
   local t = tb_of(f)
-  emit_deal(D, -1)
+  emit_pipeline(D, -1)
   if f.r then
     put('e:' .. f.st, t, 1, f.r)
   else
     D.n = D.n or {}
     table.insert(D.n, { t, f.st })
+    put('e:' .. f.st, t, 1, D.cr or 'unassigned')
   end
   if not D.sst or earlier(D.sst, t) then D.sst, D.sto = t, f.st end
   if f.a and (not D.at or earlier(D.at, t)) then D.at, D.av = t, f.a end
-  emit_deal(D, 1)
+  emit_pipeline(D, 1)
 end
 
 H.DW = function(f)
@@ -268,7 +303,8 @@ H.DW = function(f)
   local lead = f.l or D.cl
   local L = lead and get_or_new(LK .. lead) or nil
   local C = get_or_new(CK .. f.c)
-  emit_deal(D, -1)
+  emit_terminal(D, -1)
+  emit_pipeline(D, -1)
   if L then emit_lead(L, -1) end
   emit_cust(C, -1)
   D.x, D.xt, D.xr, D.xa, D.xc, D.xl = 'w', t, f.r, f.a, f.c, f.l
@@ -277,7 +313,8 @@ H.DW = function(f)
     if not L.w or earlier(t, L.w) then L.w = t end
   end
   if not C.f or earlier(t, C.f) then C.f, C.fd, C.fr, C.fl = t, f.k, f.r, f.l end
-  emit_deal(D, 1)
+  emit_terminal(D, 1)
+  emit_pipeline(D, 1)
   if L then emit_lead(L, 1) end
   emit_cust(C, 1)
 end
@@ -285,10 +322,10 @@ end
 H.DL = function(f)
   local D = get_or_new(DK .. f.k)
   if D.x then return 'conflict' end
-  emit_deal(D, -1)
+  emit_pipeline(D, -1)
   D.x, D.xt, D.xr, D.xl = 'l', tb_of(f), f.r, f.l
   if f.l then link_deal(get_or_new(LK .. f.l), f.k) end
-  emit_deal(D, 1)
+  emit_terminal(D, 1)
 end
 
 H.SP = function(f)
@@ -354,16 +391,40 @@ for idx, f in ipairs(FACTS) do
 end
 
 -- Writes only from here on.
-for key, fields in pairs(DELTA) do
-  for field, v in pairs(fields) do
-    if v ~= 0 then
-      if redis.call('HINCRBY', key, field, string.format('%d', v)) == 0 then
-        redis.call('HDEL', key, field)
-      end
+-- One HMGET and one HSET per key (in chunks: unpack() is bounded by the Lua C stack)
+-- instead of one HINCRBY per field, since the per-call cost of redis.call dominates.
+-- Counters stay exact while below 2^53 (9e9 currency units in micro-units).
+local CHUNK = 1000
+local function flush_fields(key, names, deltas, first, last)
+  local old = redis.call('HMGET', key, unpack(names, first, last))
+  local set, gone = {}, {}
+  for i = first, last do
+    local prev = old[i - first + 1]
+    local v = (tonumber(prev) or 0) + deltas[i]
+    if v == 0 then
+      if prev then gone[#gone + 1] = names[i] end
+    else
+      set[#set + 1] = names[i]
+      set[#set + 1] = string.format('%d', v)
     end
   end
+  if #set > 0 then redis.call('HSET', key, unpack(set)) end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+end
+
+for key, fields in pairs(DELTA) do
+  local names, deltas = {}, {}
+  for field, v in pairs(fields) do
+    if v ~= 0 then
+      names[#names + 1] = field
+      deltas[#deltas + 1] = v
+    end
+  end
+  for first = 1, #names, CHUNK do
+    flush_fields(key, names, deltas, first, math.min(first + CHUNK - 1, #names))
+  end
   local ttl = TTL[key]
-  if ttl then redis.call('EXPIRE', key, string.format('%d', ttl)) end
+  if ttl and #names > 0 then redis.call('EXPIRE', key, string.format('%d', ttl)) end
 end
 for key in pairs(DIRTY) do
   local s = ENT[key]

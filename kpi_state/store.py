@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import msgpack
 import orjson
 import redis.asyncio as aioredis
 
@@ -220,7 +221,7 @@ class KpiStore:
             args=[
                 self.prefix,
                 self._config,
-                orjson.dumps(facts),
+                msgpack.packb(facts),
                 orjson.dumps(dict(marks or {})),
                 str(newest),
             ],

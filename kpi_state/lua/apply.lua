@@ -6,7 +6,7 @@
 -- ARGV[2] JSON config {keep={m=,h=,d=} seconds a bucket is written after its start,
 --         measured against the newest event time; slack = extra seconds of Redis TTL;
 --         dttl = de-duplication TTL; ettl = entity TTL}
--- ARGV[3] JSON array of facts (built by store.py), each:
+-- ARGV[3] msgpack array of facts (built by store.py; msgpack decodes ~2x faster than JSON), each:
 --         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s, as
 --         strings: number-to-string conversion in Lua costs a microsecond per key),
 --         type fields (l lead, k deal, c customer, r rep, s source, g segment,
@@ -25,7 +25,7 @@
 
 local P = ARGV[1]
 local CFG = cjson.decode(ARGV[2])
-local FACTS = cjson.decode(ARGV[3])
+local FACTS = cmsgpack.unpack(ARGV[3])
 local MARKS = cjson.decode(ARGV[4])
 local ALL, CUR, OFFSETS = P .. 'all', P .. 'cur', P .. 'offsets'
 local LK, DK, CK, SEEN = P .. 'L:', P .. 'D:', P .. 'C:', P .. 'seen:'

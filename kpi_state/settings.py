@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     minute_bucket_margin_seconds: int = Field(default=3600, ge=0)
     hour_bucket_margin_seconds: int = Field(default=86400, ge=0)
     day_bucket_margin_seconds: int = Field(default=10 * 86400, ge=0)
+    # Processing time a bucket outlives its event-time retention, so a historical or
+    # shuffled replay can be read at any --as-of for that long.
+    bucket_grace_seconds: int = Field(default=6 * 3600, ge=60)
 
     label_cap: int = Field(default=100, ge=1)
     batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -170,7 +170,6 @@ class KpiStore:
         self.prefix = f"{settings.namespace}:"
         self._facts = FactBuilder(settings)
         self._script = client.register_script(APPLY_SCRIPT)
-        self._slack = 3600
         keep = {
             "m": settings.minute_bucket_margin_seconds,
             "h": settings.hour_bucket_margin_seconds,
@@ -179,7 +178,7 @@ class KpiStore:
         self._config = orjson.dumps(
             {
                 "keep": {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")},
-                "slack": self._slack,
+                "grace": settings.bucket_grace_seconds,
                 "dttl": settings.dedupe_ttl_seconds,
                 "ettl": settings.entity_retention_seconds,
             }

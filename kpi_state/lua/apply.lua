@@ -3,8 +3,8 @@
 -- KEYS: none. Every key is "<ARGV[1]><kind>:<id>" in one namespace (standalone Redis,
 --       not Cluster: the joins touch keys that cannot be declared up front).
 -- ARGV[1] key prefix, e.g. "kpi:"
--- ARGV[2] JSON config {keep={m=,h=,d=} seconds a bucket is written after its start,
---         measured against the newest event time; slack = extra seconds of Redis TTL;
+-- ARGV[2] JSON config {keep={m=,h=,d=} seconds a bucket is kept after its start, measured
+--         against the newest event time; grace = extra seconds of processing time;
 --         dttl = de-duplication TTL; ettl = entity TTL}
 -- ARGV[3] msgpack array of facts (built by store.py; msgpack decodes ~2x faster than JSON), each:
 --         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s, as
@@ -69,8 +69,11 @@ end
 
 local GRAN = { { 3, 'm:', CFG.keep.m }, { 4, 'h:', CFG.keep.h }, { 5, 'd:', CFG.keep.d } }
 
--- Bucket keys (with their remaining lifetime) of a time record; cached per record, since a
--- record is usually retracted and added back in the same batch.
+-- Bucket keys of a time record, cached per record (a record is usually retracted and
+-- added back in the same batch). A bucket lives until its start is older than its longest
+-- window plus a margin, measured against the newest event time applied (WM), plus a grace
+-- period of processing time: a shuffled or historical replay therefore still answers any
+-- --as-of for a while, and memory stays bounded by time, not by events.
 local KEYS_OF = setmetatable({}, { __mode = 'k' })
 local function keys_of(tb)
   local ks = KEYS_OF[tb]
@@ -78,12 +81,10 @@ local function keys_of(tb)
   ks = {}
   for _, gr in ipairs(GRAN) do
     local start = tb[gr[1]]
-    local left = tonumber(start) + gr[3] - WM
-    if left > 0 then
-      local key = P .. gr[2] .. start
-      TTL[key] = left + CFG.slack
-      ks[#ks + 1] = key
-    end
+    local key = P .. gr[2] .. start
+    local ttl = math.max(tonumber(start) + gr[3] - WM, 0) + CFG.grace
+    if (TTL[key] or 0) < ttl then TTL[key] = ttl end
+    ks[#ks + 1] = key
   end
   ks[#ks + 1] = ALL
   KEYS_OF[tb] = ks

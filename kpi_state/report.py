@@ -37,9 +37,14 @@ def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[
     return total, dims
 
 
-def _add_into(acc: dict[str, int], fields: Mapping[str, int]) -> None:
+def _add_into(acc: dict[bytes, int], fields: Mapping[bytes, bytes]) -> None:
+    get = acc.get
     for k, v in fields.items():
-        acc[k] = acc.get(k, 0) + v
+        acc[k] = get(k, 0) + int(v)
+
+
+def _decoded(fields: Mapping[bytes, int]) -> Counters:
+    return {k.decode(): v for k, v in fields.items()}
 
 
 def format_instant(ts: datetime) -> str:
@@ -73,7 +78,7 @@ class KpiReader:
         replies = dict(zip(keys, await self._store.read_hashes(keys), strict=True))
         out: dict[str, Counters] = {}
         # Windows of one granularity are nested (newest bucket first), so sum each once.
-        running: dict[str, tuple[int, Counters]] = {}
+        running: dict[str, tuple[int, dict[bytes, int]]] = {}
         for window, names in plan:
             gran = window.granularity or "all"
             done, acc = running.get(gran, (0, {}))
@@ -81,8 +86,10 @@ class KpiReader:
             for name in names[done:]:
                 _add_into(acc, replies[name])
             running[gran] = (len(names), acc)
-            out[window.name] = acc
-        return out, replies["cur"]
+            out[window.name] = _decoded(acc)
+        cur: dict[bytes, int] = {}
+        _add_into(cur, replies["cur"])
+        return out, _decoded(cur)
 
     def current(self, cur: Mapping[str, int]) -> dict[str, Any]:
         by_stage: dict[str, dict[str, Any]] = {}

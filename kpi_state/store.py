@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from importlib import resources
 from typing import Any
 
@@ -59,19 +60,26 @@ class SourcedEvent:
     offset: int
 
 
+class Outcome(StrEnum):
+    """What became of one event of a batch."""
+
+    APPLIED = "a"
+    DUPLICATE = "d"
+    REDELIVERED = "r"  # offset at or below its partition's watermark
+    CONFLICT = "c"
+    REJECTED = "x"  # refused before the script (e.g. amount out of range)
+
+
 @dataclass
 class ApplyResult:
     applied: int = 0
     duplicates: int = 0
     redelivered: int = 0
-    # (position in the batch, rejection): conflicts found against the stored state.
+    # (position in the batch, rejection): conflicts found against the stored state, and
+    # amounts the store cannot represent.
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
-
-    def merge(self, other: ApplyResult, offset: int) -> None:
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.redelivered += other.redelivered
-        self.rejected.extend((i + offset, r) for i, r in other.rejected)
+    # One outcome per input position.
+    outcomes: list[Outcome] = field(default_factory=list)
 
 
 def _micros(amount: float) -> int:
@@ -198,7 +206,7 @@ class KpiStore:
         ``marks`` raise per-partition offset watermarks in the same call, so a batch
         read from Kafka is either applied with its offsets or not at all.
         """
-        result = ApplyResult()
+        result = ApplyResult(outcomes=[Outcome.REJECTED] * len(events))
         facts: list[dict[str, Any]] = []
         positions: list[int] = []
         newest = 0
@@ -225,28 +233,34 @@ class KpiStore:
                 str(newest),
             ],
         )
-        applied, duplicates, redelivered, rejected = raw
-        result.applied, result.duplicates, result.redelivered = (
-            int(applied),
-            int(duplicates),
-            int(redelivered),
-        )
-        for i in range(0, len(rejected), 2):
-            pos = positions[int(rejected[i]) - 1]
-            reason = rejected[i + 1].decode() if isinstance(rejected[i + 1], bytes) else str(rejected[i + 1])
-            result.rejected.append(
-                (pos, Rejection(reason, None, "conflicts with a stored fact for this entity"))
-            )
-        result.rejected.sort()
+        codes = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        for pos, code in zip(positions, codes, strict=True):
+            outcome = Outcome(code)
+            result.outcomes[pos] = outcome
+            if outcome is Outcome.APPLIED:
+                result.applied += 1
+            elif outcome is Outcome.DUPLICATE:
+                result.duplicates += 1
+            elif outcome is Outcome.REDELIVERED:
+                result.redelivered += 1
+            else:
+                result.rejected.append(
+                    (pos, Rejection("conflict", None, "conflicts with a stored fact for this entity"))
+                )
+        result.rejected.sort(key=lambda item: item[0])
         return result
 
-    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, int]]:
-        """HGETALL of several keys (names without the prefix) in one round trip."""
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """Raw HGETALL of several keys (names without the prefix) in one round trip.
+
+        Fields and values stay bytes: a scrape reads tens of thousands of fields, and
+        callers sum them before decoding anything.
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(self.prefix + key)
-            replies = await pipe.execute()
-        return [{_text(k): int(v) for k, v in reply.items()} for reply in replies]
+            replies: list[dict[bytes, bytes]] = await pipe.execute()
+        return replies
 
     async def offsets(self) -> dict[str, int]:
         raw = await self._redis.hgetall(self.prefix + "offsets")

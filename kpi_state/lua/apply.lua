@@ -14,8 +14,8 @@
 --         and optionally w (offset-watermark field) and o (offset) for events read from Kafka.
 -- ARGV[4] JSON object {watermark field: offset} to raise after the batch (Kafka partitions).
 -- ARGV[5] newest occurred_at of the batch, epoch seconds.
--- Returns {applied, duplicates, redelivered, {index, reason, index, reason, ...}}
---         where index is the 1-based position in ARGV[3].
+-- Returns a string with one character per fact, in order: 'a' applied, 'd' duplicate,
+--         'r' redelivered (offset at or below the watermark), 'c' conflict.
 --
 -- Contract: the final state depends only on the set of events applied, not on their
 -- order or batching. Each entity (lead L, deal D, customer C) keeps what its joins need;
@@ -362,8 +362,7 @@ H.SV = function(f)
   end
 end
 
-local applied, duplicates, redelivered = 0, 0, 0
-local rejected, seen_now, offsets = {}, {}, {}
+local outcome, seen_now, offsets = {}, {}, {}
 
 for idx, f in ipairs(FACTS) do
   local stale = false
@@ -376,18 +375,14 @@ for idx, f in ipairs(FACTS) do
     stale = f.o <= done
   end
   if stale then
-    redelivered = redelivered + 1
+    outcome[idx] = 'r'
   elseif seen_now[f.i] or redis.call('EXISTS', SEEN .. f.i) == 1 then
-    duplicates = duplicates + 1
+    outcome[idx] = 'd'
+  elseif H[f.y](f) == 'conflict' then
+    outcome[idx] = 'c'
   else
-    local err = H[f.y](f)
-    if err then
-      table.insert(rejected, idx)
-      table.insert(rejected, err)
-    else
-      applied = applied + 1
-      seen_now[f.i] = true
-    end
+    outcome[idx] = 'a'
+    seen_now[f.i] = true
   end
 end
 
@@ -441,4 +436,4 @@ for field, off in pairs(MARKS) do
   if off > cur then redis.call('HSET', OFFSETS, field, string.format('%d', off)) end
 end
 
-return { applied, duplicates, redelivered, rejected }
+return table.concat(outcome)

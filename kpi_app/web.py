@@ -1,0 +1,204 @@
+"""The HTTP app: CRM webhook ingest, the JSON API and the live wall page.
+
+Routes (every error body is JSON ``{"error": <code>, "message": ..., ...}``):
+
+- ``POST /events``: the ingest, see ``kpi_app.ingest`` (202/401/413/415/422/503).
+- ``GET /api/kpis?window=&by=&as_of=``: the DESIGN section-5 document, as ``kpi show
+  --format json`` (both call ``KpiReader.document``). ``window``: comma-separated
+  window names; ``by``: comma-separated ``rep``/``source``/``segment`` (or ``total``
+  for none) keeps only those dimension maps; ``as_of``: RFC 3339 with an offset
+  (default: now). A bad parameter is 400.
+- ``GET /api/health`` (alias ``/healthz``): 200 ``{"status": "ok", "redis": true}``
+  when Redis answers, else 503.
+- ``GET /metrics``: the Prometheus exposition from ``kpi_state.collector`` (503 without it).
+- ``GET /`` and ``/static/*``: the wall page, served from ``kpi_app/static`` (no CDN).
+- Anything unexpected is logged and answered 500 JSON; no input crashes the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kpi_app.bootstrap import Runtime
+from kpi_app.ingest import Ingest, ProducerPublisher, Publisher, error, json_response
+from kpi_state.opmetrics import OpMetrics
+from kpi_state.windows import WINDOW_NAMES
+
+__all__ = ["ProducerPublisher", "Publisher", "create_app"]
+
+log = structlog.get_logger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+DIMENSIONS = {"rep": "by_rep", "source": "by_source", "segment": "by_segment"}
+HEALTH_TIMEOUT_SECONDS = 2.0
+# The wall page loads nothing from elsewhere; the browser enforces it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class _QueryError(ValueError):
+    pass
+
+
+def parse_as_of(raw: str | None) -> datetime | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        ts = datetime.fromisoformat(raw.strip())
+    except ValueError as exc:
+        raise _QueryError(f"as_of is not an RFC 3339 timestamp: {raw!r}") from exc
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise _QueryError("as_of needs an offset (e.g. 2026-03-31T23:59:59Z)")
+    return ts
+
+
+def _names(raw: str | None, allowed: Sequence[str], what: str) -> list[str] | None:
+    if raw is None or not raw.strip():
+        return None
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise _QueryError(f"unknown {what} {', '.join(unknown)}: use {', '.join(allowed)}")
+    return names
+
+
+def restrict_dimensions(doc: dict[str, Any], keep: Sequence[str]) -> dict[str, Any]:
+    """Drop the dimension maps not in ``keep`` (``rep``/``source``/``segment``) from every window."""
+    for window in doc["windows"].values():
+        for dim, key in DIMENSIONS.items():
+            if dim not in keep:
+                window.pop(key, None)
+    return doc
+
+
+def create_app(
+    runtime: Runtime,
+    *,
+    publisher: Publisher | None,
+    ops: OpMetrics | None = None,
+    metrics_include: Iterable[Collector] = (),
+) -> Starlette:
+    """The HTTP app. The caller owns ``runtime`` (and closes it); nothing connects here.
+
+    ``ops``: where ingest counts the events it refuses (``kpi_events_rejected_total``);
+    ``metrics_include``: extra collectors for ``/metrics`` (the process's ``kpi_*`` registry).
+    """
+
+    async def kpis(request: Request) -> Response:
+        q = request.query_params
+        try:
+            as_of = parse_as_of(q.get("as_of"))
+            windows = _names(q.get("window"), WINDOW_NAMES, "window")
+            by = _names(q.get("by"), [*DIMENSIONS, "total"], "dimension")
+        except _QueryError as exc:
+            return error(400, "bad_request", str(exc))
+        doc = await runtime.reader.document(as_of, windows)
+        if by is not None:
+            restrict_dimensions(doc, by)
+        return json_response(200, doc, {"Cache-Control": "no-store"})
+
+    async def health(request: Request) -> Response:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                ok = bool(await runtime.redis.ping())
+        except Exception as exc:
+            log.warning("health.redis_down", error=repr(exc))
+            ok = False
+        body = {"status": "ok" if ok else "unavailable", "redis": ok}
+        return json_response(200 if ok else 503, body, {"Cache-Control": "no-store"})
+
+    # ---- /metrics hook: the one place that wires the Prometheus collector in. ----
+    # kpi_state.collector.render_metrics(reader, settings, include, accept) -> (body, content type);
+    # 503 until the collector module provides it. Looked up per scrape, so a broken or
+    # missing collector never stops the ingest and the API from starting.
+    async def metrics(request: Request) -> Response:
+        try:
+            collector = importlib.import_module("kpi_state.collector")
+        except ModuleNotFoundError as exc:
+            if exc.name != "kpi_state.collector":
+                raise
+            collector = None
+        render = getattr(collector, "render_metrics", None)
+        if render is None:
+            return error(503, "metrics_unavailable", "the Prometheus collector is not installed")
+        body, content_type = await render(
+            runtime.reader, runtime.settings, tuple(metrics_include), accept=request.headers.get("accept", "")
+        )
+        return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+    async def wall(request: Request) -> Response:
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP},
+        )
+
+    routes = [
+        Route("/events", Ingest(runtime, publisher, ops).handle, methods=["POST"]),
+        Route("/api/kpis", kpis, methods=["GET"]),
+        Route("/api/health", health, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/", wall, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(CatchAll)],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    response = error(status, code, str(detail))
+    if isinstance(exc, HTTPException) and exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+class CatchAll:
+    """No input crashes the server: an unhandled exception is logged and answered 500 JSON."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("http.unhandled_error", method=scope.get("method"), path=scope.get("path"))
+            if not started:
+                response = error(500, "internal_error", "unexpected server error (logged)")
+                await response(scope, receive, send)

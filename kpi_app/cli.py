@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
@@ -192,6 +193,22 @@ def simulate(
             out.write(orjson.dumps(event) + b"\n")
             n += 1
     console.print(f"wrote {n:,} events ({history_days:g} days) to {output}")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port")] = 9300,
+    host: Annotated[str, typer.Option(help="bind address (0.0.0.0 in containers)")] = "127.0.0.1",
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    kafka_url: KafkaUrl = None,
+) -> None:
+    """Serve /metrics, the JSON API and the wall page; with --kafka-url also POST /events."""
+    from kpi_app.serve import serve as run_server
+
+    settings = load_settings(redis_url=redis_url, namespace=namespace, kafka_url=kafka_url)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_server(settings, host, port))
 
 
 def main() -> None:

@@ -1,0 +1,69 @@
+"""`make bench`: every target of DESIGN section 6, measured in one run.
+
+Prints one JSON document (and a short verdict per target). Absolute figures on a
+shared 2-core machine drift; the streaming targets are ratios against baselines
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from typing import Any
+
+import orjson
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--redis-url", default=os.environ.get("KPI_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--events", type=int, default=200_000, help="events for the replay benchmark")
+    parser.add_argument("--only", choices=["replay", "scrape", "streaming"], action="append")
+    args = parser.parse_args(argv)
+    wanted = set(args.only or ["replay", "scrape", "streaming"])
+    report: dict[str, Any] = {"machine": machine()}
+    verdicts: list[str] = []
+
+    if "replay" in wanted:
+        from bench import bench_replay
+
+        replay = bench_replay.run(args.redis_url, args.events)
+        report["replay"] = replay
+        verdicts.append(f"replay {replay['events_per_s']:,} events/s (target 20,000+)")
+        verdicts.append(f"idempotency keys {replay['idempotency_bytes_per_event']} bytes/event (target <= ~150)")
+    if "scrape" in wanted:
+        from bench import bench_scrape
+
+        scrape = bench_scrape.run(args.redis_url)
+        report["scrape"] = scrape
+        verdicts.append(f"scrape 50x10x5 p50 {scrape['p50_ms']} ms, p99 {scrape['p99_ms']} ms (target < 100 ms)")
+    if "streaming" in wanted:
+        try:
+            from bench import bench_streaming
+        except ImportError:
+            verdicts.append("streaming: not available")
+        else:
+            streaming = bench_streaming.run(args.redis_url)
+            report["streaming"] = streaming
+            verdicts.extend(streaming.get("verdicts", []))
+
+    report["machine"]["load_average_after"] = os.getloadavg()
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    for line in verdicts:
+        print(line, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

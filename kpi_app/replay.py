@@ -1,8 +1,8 @@
 """`kpi replay`: JSONL files -> validation -> de-duplication -> batched atomic applies.
 
 The same store code as the faust agent; a bad line never stops the replay.
-Parsing of the next batch overlaps the Redis call of the previous one (one batch
-in flight), since Redis runs the script on its own core.
+Parsing and preparing the next batch overlaps the Redis call of the previous one
+(one batch in flight), since Redis runs the script on its own core.
 """
 
 from __future__ import annotations
@@ -117,10 +117,14 @@ class Replayer:
             events.append(parsed)
             lines.append(line)
             if len(events) >= size:
+                batch = self._runtime.store.prepare(events)
                 if in_flight is not None:
                     self._account(await in_flight[0], in_flight[1])
-                in_flight = (asyncio.create_task(self._runtime.store.apply(events)), lines)
-                await asyncio.sleep(0)  # let the task send its script call before we parse on
+                in_flight = (asyncio.create_task(self._runtime.store.execute(batch)), lines)
+                # redis-py needs a few loop iterations to write the request; until then
+                # Redis would sit idle while we parse the next batch.
+                for _ in range(3):
+                    await asyncio.sleep(0)
                 events, lines = [], []
                 now = datetime.now(UTC)
         if in_flight is not None:

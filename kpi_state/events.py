@@ -192,6 +192,8 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+MoneyEvent = DealCreated | DealStageChanged | DealWon | SpendRecorded | RevenueRecorded
+MONEY_EVENTS = (DealCreated, DealStageChanged, DealWon, SpendRecorded, RevenueRecorded)
 EVENT_TYPES: tuple[str, ...] = (
     "lead.created",
     "lead.qualified",
@@ -327,7 +329,8 @@ class EventParser:
             low, high = (0, 10) if event.kind == "nps" else (1, 5)
             if not low <= event.score <= high:
                 return Rejection("invalid_field", "score", f"{event.kind} score must be {low}-{high}")
-        currency = getattr(event, "currency", None)
+        # isinstance, not getattr: a missing attribute takes pydantic's slow __getattr__ path.
+        currency = event.currency if isinstance(event, MONEY_EVENTS) else None
         if currency is not None and currency != self._currency and currency not in self._rates:
             return Rejection("unknown_currency", "currency", f"no rate configured for {currency}")
         return event

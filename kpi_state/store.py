@@ -82,6 +82,13 @@ class ApplyResult:
     outcomes: list[Outcome] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    result: ApplyResult
+    positions: list[int]  # input position of each fact
+    args: list[bytes | str] | None  # script arguments; None when there is nothing to send
+
+
 def _micros(amount: float) -> int:
     return round(amount * MICROS)
 
@@ -97,15 +104,15 @@ class FactBuilder:
         self._margin = settings.default_gross_margin
 
     def amount_error(self, event: ev.Event) -> Rejection | None:
-        amount = getattr(event, "amount", None)
-        if amount is None:
+        if not isinstance(event, ev.MONEY_EVENTS) or event.amount is None:
             return None
-        value = self._parser.amount_in_reporting(amount, getattr(event, "currency", None))
+        value = self._parser.amount_in_reporting(event.amount, event.currency)
         if not math.isfinite(value) or value > MAX_AMOUNT:
             return Rejection("invalid_amount", "amount", f"amount above the supported maximum {MAX_AMOUNT:g}")
         return None
 
-    def _amount(self, event: Any) -> int:
+    def _amount(self, event: ev.MoneyEvent) -> int:
+        assert event.amount is not None
         return _micros(self._parser.amount_in_reporting(event.amount, event.currency))
 
     def fact(self, event: ev.Event) -> dict[str, Any]:
@@ -196,15 +203,15 @@ class KpiStore:
     def redis(self) -> aioredis.Redis:
         return self._redis
 
-    async def apply(
+    def prepare(
         self,
         events: Sequence[ev.Event | SourcedEvent],
         marks: Mapping[str, int] | None = None,
-    ) -> ApplyResult:
-        """Apply a batch in one atomic script call.
+    ) -> PreparedBatch:
+        """The CPU half of an apply: facts for the script, and what the store refuses itself.
 
-        ``marks`` raise per-partition offset watermarks in the same call, so a batch
-        read from Kafka is either applied with its offsets or not at all.
+        Split from ``execute`` so a caller can prepare the next batch while Redis runs
+        the previous one (Redis executes the script on its own core).
         """
         result = ApplyResult(outcomes=[Outcome.REJECTED] * len(events))
         facts: list[dict[str, Any]] = []
@@ -222,17 +229,30 @@ class KpiStore:
             newest = max(newest, fact["t"] // 1_000_000)
             facts.append(fact)
             positions.append(pos)
-        if not facts and not marks:
+        args: list[bytes | str] | None = None
+        if facts or marks:
+            marks_json = orjson.dumps(dict(marks or {}))
+            args = [self.prefix, self._config, msgpack.packb(facts), marks_json, str(newest)]
+        return PreparedBatch(result, positions, args)
+
+    async def apply(
+        self,
+        events: Sequence[ev.Event | SourcedEvent],
+        marks: Mapping[str, int] | None = None,
+    ) -> ApplyResult:
+        """Apply a batch in one atomic script call.
+
+        ``marks`` raise per-partition offset watermarks in the same call, so a batch
+        read from Kafka is either applied with its offsets or not at all.
+        """
+        return await self.execute(self.prepare(events, marks))
+
+    async def execute(self, batch: PreparedBatch) -> ApplyResult:
+        """The Redis half of an apply: one script call, atomic."""
+        result, positions = batch.result, batch.positions
+        if batch.args is None:
             return result
-        raw = await self._script(
-            args=[
-                self.prefix,
-                self._config,
-                msgpack.packb(facts),
-                orjson.dumps(dict(marks or {})),
-                str(newest),
-            ],
-        )
+        raw = await self._script(args=batch.args)
         codes = raw.decode() if isinstance(raw, bytes) else str(raw or "")
         for pos, code in zip(positions, codes, strict=True):
             outcome = Outcome(code)

@@ -74,7 +74,7 @@ local GRAN = { { 3, 'm:', CFG.keep.m }, { 4, 'h:', CFG.keep.h }, { 5, 'd:', CFG.
 -- window plus a margin, measured against the newest event time applied (WM), plus a grace
 -- period of processing time: a shuffled or historical replay therefore still answers any
 -- --as-of for a while, and memory stays bounded by time, not by events.
-local KEYS_OF = setmetatable({}, { __mode = 'k' })
+local KEYS_OF = {}
 local function keys_of(tb)
   local ks = KEYS_OF[tb]
   if ks then return ks end
@@ -394,8 +394,10 @@ local CHUNK = 1000
 local function flush_fields(key, names, deltas, first, last)
   local old = redis.call('HMGET', key, unpack(names, first, last))
   local set, gone = {}, {}
+  local existed = false
   for i = first, last do
     local prev = old[i - first + 1]
+    if prev then existed = true end
     local v = (tonumber(prev) or 0) + deltas[i]
     if v == 0 then
       if prev then gone[#gone + 1] = names[i] end
@@ -406,6 +408,7 @@ local function flush_fields(key, names, deltas, first, last)
   end
   if #set > 0 then redis.call('HSET', key, unpack(set)) end
   if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+  return existed
 end
 
 for key, fields in pairs(DELTA) do
@@ -416,11 +419,14 @@ for key, fields in pairs(DELTA) do
       deltas[#deltas + 1] = v
     end
   end
+  local existed = false
   for first = 1, #names, CHUNK do
-    flush_fields(key, names, deltas, first, math.min(first + CHUNK - 1, #names))
+    existed = flush_fields(key, names, deltas, first, math.min(first + CHUNK - 1, #names)) or existed
   end
+  -- A key holding one of these fields already has its TTL, set when it was created with a
+  -- newest-event time no later than now, so it is no shorter than what we would set.
   local ttl = TTL[key]
-  if ttl and #names > 0 then redis.call('EXPIRE', key, string.format('%d', ttl)) end
+  if ttl and #names > 0 and not existed then redis.call('EXPIRE', key, string.format('%d', ttl)) end
 end
 for key in pairs(DIRTY) do
   local s = ENT[key]

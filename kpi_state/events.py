@@ -225,6 +225,24 @@ _REQUIRED: dict[str, frozenset[str]] = {
     for name, model in zip(EVENT_TYPES, _MODELS, strict=True)
 }
 
+# Every reason a Rejection can carry (the closed vocabulary of kpi_events_rejected_total).
+REJECTION_REASONS: tuple[str, ...] = (
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "unknown_type",
+    "invalid_field",
+    "invalid_timestamp",
+    "naive_timestamp",
+    "future_timestamp",
+    "negative_amount",
+    "invalid_amount",
+    "too_long",
+    "unknown_stage",
+    "unknown_currency",
+    "conflict",
+)
+
 _REASONS = {
     "missing": "missing_field",
     "blank_dimension": "missing_field",

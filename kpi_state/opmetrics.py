@@ -76,6 +76,8 @@ class OpMetrics:
         # Every type has a series from the start, so rate() and absent-alerts see zeros.
         for kind in ev.EVENT_TYPES:
             self.processed.labels(kind)
+        for reason in ev.REJECTION_REASONS:
+            self.rejected.labels(reason)
 
     def record_apply(
         self,

@@ -189,3 +189,12 @@ def test_survey_scores(parser: EventParser) -> None:
         NOW,
     )
     assert isinstance(ok, SurveyAnswered) and ok.score == 0
+
+
+def test_every_reason_is_in_the_closed_vocabulary() -> None:
+    from kpi_state import events
+
+    assert set(events._REASONS.values()) <= set(events.REJECTION_REASONS)
+    assert {"invalid_timestamp", "invalid_field", "conflict", "future_timestamp"} <= set(
+        events.REJECTION_REASONS
+    )

@@ -1,0 +1,528 @@
+"""The test oracle: DESIGN section 4 computed in one batch from a set of events.
+
+This is the spec in code, written independently of ``kpi_state.kpis``, the store,
+the Lua script and ``kpi_state.windows``: it sees every event at once, so every join
+("the deal's lead", "the customer's first win") is a plain lookup, and every window
+is a plain filter on ``occurred_at``.  Nothing here is incremental or clever.
+
+Team interpretations where DESIGN is terse (see the docstrings below):
+
+- ``all`` ignores ``as_of``: lifetime totals of everything applied; ``current`` too.
+- A deal's lead is the event's own ``lead_id``, else the one on its ``deal.created``;
+  the lead's source/segment count only if that lead sent ``lead.created``.
+- A lead converts once, at its earliest linked ``deal.won``; cohort conversions at
+  the lead's creation (only for leads that sent ``lead.created``).
+- Conflicting facts keep the first one in the given order (the order they are
+  applied in), as the store does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+from kpi_state.events import (
+    CustomerChurned,
+    DealCreated,
+    DealLost,
+    DealStageChanged,
+    DealWon,
+    Event,
+    LeadCreated,
+    LeadQualified,
+    RevenueRecorded,
+    SpendRecorded,
+    SurveyAnswered,
+)
+from kpi_state.settings import Settings
+
+UNASSIGNED, UNKNOWN = "unassigned", "unknown"
+WINDOW_NAMES = ("1h", "24h", "7d", "30d", "90d", "all")
+
+FUNNEL_KPIS = (
+    "leads", "qualified_leads", "qualification_rate", "lead_conversions", "conversion_rate",
+    "cohort_conversions", "cohort_conversion_rate", "deals_created", "deals_won", "deals_lost",
+    "win_rate", "revenue_won", "avg_deal_size", "new_customers", "sales_cycle_days",
+)
+SPEND_KPIS = ("spend", "spend_marketing", "spend_sales", "cac")
+STAGE_KPIS = ("stage_entries", "stage_conversion_rate")
+ECONOMICS_KPIS = (
+    "revenue_recorded", "gross_margin", "churned_customers", "churn_rate", "arpa", "ltv",
+    "ltv_cac_ratio", "nps", "csat", "sales_velocity",
+)
+
+
+# --------------------------------------------------------------------------- the event set
+
+
+@dataclass
+class EventSet:
+    """The applied events, indexed by entity. Built by ``accept``."""
+
+    leads: dict[str, LeadCreated]
+    qualifications: list[LeadQualified]
+    deals: dict[str, DealCreated]
+    stage_changes: list[DealStageChanged]
+    terminals: dict[str, DealWon | DealLost]
+    spends: list[SpendRecorded]
+    revenues: list[RevenueRecorded]
+    churns: list[CustomerChurned]
+    surveys: list[SurveyAnswered]
+
+    @property
+    def wins(self) -> list[DealWon]:
+        return [t for t in self.terminals.values() if isinstance(t, DealWon)]
+
+    @property
+    def losses(self) -> list[DealLost]:
+        return [t for t in self.terminals.values() if isinstance(t, DealLost)]
+
+
+def accept(events: Iterable[Event]) -> EventSet:
+    """Which events the store applies, in the order given.
+
+    An event whose ``event_id`` was already applied is a duplicate (first wins). A
+    second ``lead.created`` for a lead, a second ``deal.created`` for a deal, or a second
+    terminal ``deal.won``/``deal.lost`` for a deal is a conflict: rejected, and (not being
+    applied) its ``event_id`` stays free.
+    """
+    s = EventSet({}, [], {}, [], {}, [], [], [], [])
+    applied_ids: set[str] = set()
+    for e in events:
+        if e.event_id in applied_ids:
+            continue
+        match e:
+            case LeadCreated():
+                if e.lead_id in s.leads:
+                    continue
+                s.leads[e.lead_id] = e
+            case DealCreated():
+                if e.deal_id in s.deals:
+                    continue
+                s.deals[e.deal_id] = e
+            case DealWon() | DealLost():
+                if e.deal_id in s.terminals:
+                    continue
+                s.terminals[e.deal_id] = e
+            case LeadQualified():
+                s.qualifications.append(e)
+            case DealStageChanged():
+                s.stage_changes.append(e)
+            case SpendRecorded():
+                s.spends.append(e)
+            case RevenueRecorded():
+                s.revenues.append(e)
+            case CustomerChurned():
+                s.churns.append(e)
+            case SurveyAnswered():
+                s.surveys.append(e)
+        applied_ids.add(e.event_id)
+    return s
+
+
+def order_key(e: Event) -> tuple[datetime, str]:
+    """"First" and "latest": by occurred_at, ties by event_id in code-point order."""
+    return (e.occurred_at, e.event_id)
+
+
+# --------------------------------------------------------------------------- contributions
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """``value`` added to the summable quantity ``quantity`` at time ``at``.
+
+    ``rep``/``source``/``segment`` are the dimension values it is attributed to, or None
+    where the KPI has no breakdown by that dimension.
+    """
+
+    quantity: str
+    at: datetime
+    value: float
+    rep: str | None = None
+    source: str | None = None
+    segment: str | None = None
+
+
+def contributions(s: EventSet, settings: Settings) -> list[Contribution]:
+    """Every event's (or joined fact's) contribution to the additive quantities."""
+    first_stage = settings.stage_names[0]
+    out: list[Contribution] = []
+
+    def amount(e: DealCreated | DealStageChanged | DealWon | SpendRecorded | RevenueRecorded) -> float:
+        assert e.amount is not None
+        if e.currency is None or e.currency == settings.currency:
+            return float(e.amount)
+        return e.amount * settings.rates[e.currency]
+
+    def lead_dims(lead_id: str | None) -> tuple[str, str, str]:
+        """(owner rep, source, segment) of a lead; defaults unless it sent lead.created."""
+        lead = s.leads.get(lead_id) if lead_id is not None else None
+        if lead is None:
+            return UNASSIGNED, UNKNOWN, UNKNOWN
+        return lead.rep_id or UNASSIGNED, lead.source or UNKNOWN, lead.segment or UNKNOWN
+
+    def deal_lead(deal_id: str, own_lead_id: str | None) -> str | None:
+        """The event's own lead_id, else the one on the deal's deal.created."""
+        if own_lead_id is not None:
+            return own_lead_id
+        created = s.deals.get(deal_id)
+        return created.lead_id if created is not None else None
+
+    def add(quantity: str, at: datetime, value: float, rep: str | None = None,
+            source: str | None = None, segment: str | None = None) -> None:
+        out.append(Contribution(quantity, at, value, rep, source, segment))
+
+    def add_lead_based(quantity: str, at: datetime, lead_id: str) -> None:
+        rep, source, segment = lead_dims(lead_id)
+        add(quantity, at, 1, rep, source, segment)
+
+    # Lead-based KPIs: the lead's own attributes.
+    for lead in s.leads.values():
+        add_lead_based("leads", lead.occurred_at, lead.lead_id)
+
+    qualifications: dict[str, list[LeadQualified]] = defaultdict(list)
+    for q in s.qualifications:
+        qualifications[q.lead_id].append(q)
+    for lead_id, qs in qualifications.items():
+        add_lead_based("qualified_leads", min(qs, key=order_key).occurred_at, lead_id)
+
+    wins_by_lead: dict[str, list[DealWon]] = defaultdict(list)
+    for won in s.wins:
+        linked = deal_lead(won.deal_id, won.lead_id)
+        if linked is not None:
+            wins_by_lead[linked].append(won)
+    for lead_id, wins in wins_by_lead.items():
+        add_lead_based("lead_conversions", min(wins, key=order_key).occurred_at, lead_id)
+        if lead_id in s.leads:
+            add_lead_based("cohort_conversions", s.leads[lead_id].occurred_at, lead_id)
+
+    # Deal-based KPIs: the event's rep, the source/segment of the deal's lead.
+    for created in s.deals.values():
+        _, source, segment = lead_dims(created.lead_id)
+        add("deals_created", created.occurred_at, 1, created.rep_id, source, segment)
+        add("stage:" + (created.stage or first_stage), created.occurred_at, 1, rep=created.rep_id)
+
+    for change in s.stage_changes:
+        rep = change.rep_id
+        if rep is None:
+            created = s.deals.get(change.deal_id)
+            rep = created.rep_id if created is not None else UNASSIGNED
+        add("stage:" + change.to_stage, change.occurred_at, 1, rep=rep)
+
+    for won in s.wins:
+        _, source, segment = lead_dims(deal_lead(won.deal_id, won.lead_id))
+        dims = (won.rep_id, source, segment)
+        add("deals_won", won.occurred_at, 1, *dims)
+        add("revenue_won", won.occurred_at, amount(won), *dims)
+        add("stage:won", won.occurred_at, 1, rep=won.rep_id)
+        created = s.deals.get(won.deal_id)
+        if created is not None:
+            days = (won.occurred_at - created.occurred_at) / timedelta(days=1)
+            add("cycle_count", won.occurred_at, 1, *dims)
+            add("cycle_days", won.occurred_at, days, *dims)
+
+    for lost in s.losses:
+        _, source, segment = lead_dims(deal_lead(lost.deal_id, lost.lead_id))
+        add("deals_lost", lost.occurred_at, 1, lost.rep_id, source, segment)
+
+    wins_by_customer: dict[str, list[DealWon]] = defaultdict(list)
+    for won in s.wins:
+        wins_by_customer[won.customer_id].append(won)
+    for wins in wins_by_customer.values():
+        first = min(wins, key=order_key)
+        _, source, segment = lead_dims(deal_lead(first.deal_id, first.lead_id))
+        add("new_customers", first.occurred_at, 1, first.rep_id, source, segment)
+
+    # Spend: its own source only.
+    for spend in s.spends:
+        source = spend.source or UNKNOWN
+        add("spend", spend.occurred_at, amount(spend), source=source)
+        add("spend_" + spend.category, spend.occurred_at, amount(spend), source=source)
+
+    # Customer economics: totals only.
+    for revenue in s.revenues:
+        margin = settings.default_gross_margin if revenue.gross_margin is None else revenue.gross_margin
+        add("revenue_recorded", revenue.occurred_at, amount(revenue))
+        add("margin_amount", revenue.occurred_at, amount(revenue) * margin)
+    for churn in s.churns:
+        add("churned_customers", churn.occurred_at, 1)
+    for survey in s.surveys:
+        if survey.kind == "nps":
+            add("nps_responses", survey.occurred_at, 1)
+            add("nps_promoters", survey.occurred_at, 1 if survey.score >= 9 else 0)
+            add("nps_detractors", survey.occurred_at, 1 if survey.score <= 6 else 0)
+        else:
+            add("csat_responses", survey.occurred_at, 1)
+            add("csat_positive", survey.occurred_at, 1 if survey.score >= 4 else 0)
+    return out
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def in_window(at: datetime, window: str, as_of: datetime, settings: Settings) -> bool:
+    """DESIGN section 3: floor_g(T) - (n-1)*g <= occurred_at < floor_g(T) + g.
+
+    Minute and hour buckets start at a whole minute/hour of the business timezone's wall
+    clock; day buckets are local calendar days (starting at local midnight).
+    """
+    if window == "all":
+        return True
+    tz = settings.tz
+    if window == "1h" or window == "24h":
+        local = as_of.astimezone(tz)
+        into_bucket = timedelta(seconds=local.second, microseconds=local.microsecond)
+        if window == "24h":
+            into_bucket += timedelta(minutes=local.minute)
+        g, n = (timedelta(minutes=1), 60) if window == "1h" else (timedelta(hours=1), 24)
+        floor = as_of - into_bucket
+        return floor - (n - 1) * g <= at < floor + g
+    n = {"7d": 7, "30d": 30, "90d": 90}[window]
+    today = as_of.astimezone(tz).date()
+    return today - timedelta(days=n - 1) <= at.astimezone(tz).date() <= today
+
+
+# --------------------------------------------------------------------------- KPI definitions
+
+
+def div(num: float | None, den: float | None) -> float | None:
+    """Every ratio: null when an input is null or the denominator is 0 or less."""
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+class Sums:
+    """Window sums of the additive quantities for one total or one dimension value."""
+
+    def __init__(self) -> None:
+        self._v: dict[str, float] = defaultdict(float)
+
+    def add(self, quantity: str, value: float) -> None:
+        self._v[quantity] += value
+
+    def count(self, quantity: str) -> int:
+        return int(self._v.get(quantity, 0))
+
+    def money(self, quantity: str) -> float:
+        return float(self._v.get(quantity, 0.0))
+
+
+def funnel_kpis(w: Sums) -> dict[str, Any]:
+    leads, qualified = w.count("leads"), w.count("qualified_leads")
+    conversions, cohort = w.count("lead_conversions"), w.count("cohort_conversions")
+    won, lost = w.count("deals_won"), w.count("deals_lost")
+    revenue = w.money("revenue_won")
+    return {
+        "leads": leads,
+        "qualified_leads": qualified,
+        "qualification_rate": div(qualified, leads),
+        "lead_conversions": conversions,
+        "conversion_rate": div(conversions, leads),
+        "cohort_conversions": cohort,
+        "cohort_conversion_rate": div(cohort, leads),
+        "deals_created": w.count("deals_created"),
+        "deals_won": won,
+        "deals_lost": lost,
+        "win_rate": div(won, won + lost),
+        "revenue_won": revenue,
+        "avg_deal_size": div(revenue, won),
+        "new_customers": w.count("new_customers"),
+        "sales_cycle_days": div(w.money("cycle_days"), w.count("cycle_count")),
+    }
+
+
+def spend_kpis(w: Sums) -> dict[str, Any]:
+    return {
+        "spend": w.money("spend"),
+        "spend_marketing": w.money("spend_marketing"),
+        "spend_sales": w.money("spend_sales"),
+        "cac": div(w.money("spend"), w.count("new_customers")),
+    }
+
+
+def stage_kpis(w: Sums, settings: Settings) -> dict[str, Any]:
+    stages = [*settings.stage_names, "won"]
+    entries = {stage: w.count("stage:" + stage) for stage in stages}
+    return {
+        "stage_entries": entries,
+        "stage_conversion_rate": {
+            stage: div(entries[following], entries[stage])
+            for stage, following in pairwise(stages)
+        },
+    }
+
+
+def economics_kpis(w: Sums, funnel: dict[str, Any], cac: float | None,
+                   active_now: int, open_deals_now: int) -> dict[str, Any]:
+    revenue = w.money("revenue_recorded")
+    churned = w.count("churned_customers")
+    gross_margin = div(w.money("margin_amount"), revenue)
+    active_at_start = active_now - w.count("new_customers") + churned
+    churn_rate = div(churned, active_at_start)
+    arpa = div(revenue, active_now)
+    ltv = div(arpa * gross_margin if arpa is not None and gross_margin is not None else None, churn_rate)
+    win_rate, avg_deal = funnel["win_rate"], funnel["avg_deal_size"]
+    velocity_num = (open_deals_now * win_rate * avg_deal
+                    if win_rate is not None and avg_deal is not None else None)
+    return {
+        "revenue_recorded": revenue,
+        "gross_margin": gross_margin,
+        "churned_customers": churned,
+        "churn_rate": churn_rate,
+        "arpa": arpa,
+        "ltv": ltv,
+        "ltv_cac_ratio": div(ltv, cac),
+        "nps": div(100 * (w.count("nps_promoters") - w.count("nps_detractors")), w.count("nps_responses")),
+        "csat": div(w.count("csat_positive"), w.count("csat_responses")),
+        "sales_velocity": div(velocity_num, funnel["sales_cycle_days"]),
+    }
+
+
+# --------------------------------------------------------------------------- current state
+
+
+def current_state(s: EventSet, settings: Settings) -> dict[str, Any]:
+    """Not windowed: every applied event counts, whatever ``as_of``."""
+    churned = {c.customer_id for c in s.churns}
+    won_customers = {w.customer_id for w in s.wins}
+    probability = {stage.name: stage.probability for stage in settings.stage_list}
+    by_stage: dict[str, dict[str, Any]] = {
+        stage: {"open_deals": 0, "value": 0.0} for stage in settings.stage_names
+    }
+    for deal_id, created in s.deals.items():
+        if deal_id in s.terminals:
+            continue
+        changes = [c for c in s.stage_changes if c.deal_id == deal_id]
+        latest_change = max(changes, key=order_key, default=None)
+        stage = latest_change.to_stage if latest_change else (created.stage or settings.stage_names[0])
+        priced: list[DealCreated | DealStageChanged] = [created]
+        priced += [c for c in changes if c.amount is not None]
+        latest_priced = max(priced, key=order_key)
+        assert latest_priced.amount is not None
+        value = float(latest_priced.amount)
+        if latest_priced.currency is not None and latest_priced.currency != settings.currency:
+            value *= settings.rates[latest_priced.currency]
+        by_stage[stage]["open_deals"] += 1
+        by_stage[stage]["value"] += value
+    return {
+        "active_customers": len(won_customers - churned),
+        "pipeline": {
+            "open_deals": sum(v["open_deals"] for v in by_stage.values()),
+            "value": sum(v["value"] for v in by_stage.values()),
+            "weighted_value": sum(v["value"] * probability[stage] for stage, v in by_stage.items()),
+            "by_stage": by_stage,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- the document
+
+
+DIMENSIONS = (("rep", "by_rep"), ("source", "by_source"), ("segment", "by_segment"))
+
+
+def window_document(contribs: Sequence[Contribution], settings: Settings,
+                    active_now: int, open_deals_now: int) -> dict[str, Any]:
+    total = Sums()
+    per_value: dict[str, dict[str, Sums]] = {dim: defaultdict(Sums) for dim, _ in DIMENSIONS}
+    listed: dict[str, set[str]] = {dim: set() for dim, _ in DIMENSIONS}
+    for c in contribs:
+        total.add(c.quantity, c.value)
+        for dim, _ in DIMENSIONS:
+            value = getattr(c, dim)
+            if value is None:
+                continue
+            per_value[dim][value].add(c.quantity, c.value)
+            # Listed iff it has a non-zero contribution to one of the KPIs of its breakdown
+            # (a contribution carries a dimension only for the KPIs broken down by it).
+            if c.value != 0:
+                listed[dim].add(value)
+
+    funnel = funnel_kpis(total)
+    spend = spend_kpis(total)
+    doc: dict[str, Any] = {
+        "total": {
+            **funnel,
+            **spend,
+            **stage_kpis(total, settings),
+            **economics_kpis(total, funnel, spend["cac"], active_now, open_deals_now),
+        }
+    }
+    extra = {
+        "rep": lambda w: stage_kpis(w, settings),
+        "source": spend_kpis,
+        "segment": lambda w: {},
+    }
+    for dim, key in DIMENSIONS:
+        doc[key] = {
+            value: {**funnel_kpis(per_value[dim][value]), **extra[dim](per_value[dim][value])}
+            for value in sorted(listed[dim])
+        }
+    return doc
+
+
+def reference_document(events: Sequence[Event], settings: Settings, as_of: datetime) -> dict[str, Any]:
+    """The section-5 JSON document for ``events`` applied in the given order, read at ``as_of``."""
+    applied = accept(events)
+    contribs = contributions(applied, settings)
+    current = current_state(applied, settings)
+    active_now = current["active_customers"]
+    open_deals_now = current["pipeline"]["open_deals"]
+    return {
+        "as_of": as_of.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "currency": settings.currency,
+        "windows": {
+            window: window_document(
+                [c for c in contribs if in_window(c.at, window, as_of, settings)],
+                settings, active_now, open_deals_now,
+            )
+            for window in WINDOW_NAMES
+        },
+        "current": current,
+    }
+
+
+# --------------------------------------------------------------------------- comparing documents
+
+
+def differences(actual: Any, expected: Any, path: str = "$") -> list[str]:
+    """Where two documents differ: keys exactly, None exactly, numbers within rounding.
+
+    Money is rounded to micro-units by the store, so floats compare with
+    rel 1e-9 / abs 1e-6; ints must be ints on both sides (counts are never floats).
+    """
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path}: expected an object, got {actual!r}"]
+        out = []
+        for key in sorted(set(actual) | set(expected)):
+            if key not in actual:
+                out.append(f"{path}.{key}: missing (expected {expected[key]!r})")
+            elif key not in expected:
+                out.append(f"{path}.{key}: unexpected (got {actual[key]!r})")
+            else:
+                out.extend(differences(actual[key], expected[key], f"{path}.{key}"))
+        return out
+    if expected is None or actual is None or isinstance(expected, str | bool):
+        return [] if actual == expected and type(actual) is type(expected) else [
+            f"{path}: got {actual!r}, expected {expected!r}"]
+    if type(actual) is not type(expected):
+        return [f"{path}: got {actual!r} ({type(actual).__name__}), expected {expected!r} "
+                f"({type(expected).__name__})"]
+    if isinstance(expected, float):
+        ok = math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-6)
+    else:
+        ok = actual == expected
+    return [] if ok else [f"{path}: got {actual!r}, expected {expected!r}"]
+
+
+def assert_documents_match(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    problems = differences(actual, expected)
+    assert not problems, "store document differs from the reference:\n" + "\n".join(problems[:40])

@@ -220,8 +220,9 @@ _MODELS: tuple[type[_EventBase], ...] = (
     SurveyAnswered,
 )
 # Required fields a JSON null stands in for: null is "absent", so it rejects as missing.
-_REQUIRED: dict[str, frozenset[str]] = {
-    name: frozenset(f for f, info in model.model_fields.items() if info.is_required() and f != "type")
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    # Model field order, so the field named for an event missing several is deterministic.
+    name: tuple(f for f, info in model.model_fields.items() if info.is_required() and f != "type")
     for name, model in zip(EVENT_TYPES, _MODELS, strict=True)
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -31,6 +32,8 @@ console = Console(stderr=True)
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="Redis URL [env KPI_REDIS_URL]")]
 Namespace = Annotated[str | None, typer.Option("--namespace", help="key prefix [env KPI_NAMESPACE]")]
 KafkaUrl = Annotated[str | None, typer.Option("--kafka-url", help="kafka://host:port [env KPI_KAFKA_URL]")]
+Topic = Annotated[str | None, typer.Option("--topic", help="event topic [env KPI_TOPIC]")]
+Group = Annotated[str | None, typer.Option("--group", help="consumer group [env KPI_CONSUMER_GROUP]")]
 
 
 class Format(StrEnum):
@@ -171,12 +174,36 @@ def simulate(
     reps: Annotated[int, typer.Option(help="sales reps")] = 8,
     leads_per_day: Annotated[float, typer.Option(help="lead volume")] = 120.0,
     conversion_drop: Annotated[bool, typer.Option(help="scenario: conversion drops (alert demo)")] = False,
+    kafka_url: KafkaUrl = None,
+    rate: Annotated[float, typer.Option(help="live: events per second, once the funnel is full")] = 20.0,
+    duration: Annotated[
+        float | None, typer.Option(help="live: seconds to publish (default: until Ctrl-C)")
+    ] = None,
+    time_scale: Annotated[
+        float, typer.Option(help="live: simulated days per real day (1440: a CRM day per minute)")
+    ] = 1440.0,
+    topic: Topic = None,
 ) -> None:
-    """Generate a realistic CRM history as JSONL."""
+    """Generate a realistic CRM history as JSONL (--output), or publish one live (--kafka-url).
+
+    Live: --history-days simulated days are backfilled first, then events are published in
+    real time at about --rate events/s; --conversion-drop starts with the live phase.
+    """
     from streams.simulator import SimConfig, simulate_history
 
     if output is None:
-        raise typer.BadParameter("--output FILE is required for a history")
+        settings = load_settings(kafka_url=kafka_url, topic=topic)
+        if not settings.kafka_url:
+            raise typer.BadParameter("--output FILE for a history, or --kafka-url URL to publish live")
+        live = SimConfig(
+            seed=seed,
+            reps=reps,
+            stages=settings.stage_names,
+            conversion_drop=conversion_drop,
+            time_scale=time_scale,
+        )
+        _simulate_live(settings, live, rate=rate, duration=duration, history_days=history_days)
+        return
     settings = load_settings()
     config = SimConfig(
         seed=seed,
@@ -209,6 +236,141 @@ def serve(
     settings = load_settings(redis_url=redis_url, namespace=namespace, kafka_url=kafka_url)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_server(settings, host, port))
+
+
+def _simulate_live(
+    settings: Settings, config: Any, *, rate: float, duration: float | None, history_days: float
+) -> None:
+    from streams.live import publish_live
+
+    async def body() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await publish_live(
+            settings, config, rate=rate, duration=duration, history_days=history_days, stop=stop
+        )
+
+    try:
+        summary = asyncio.run(body())
+    except (TimeoutError, ValueError) as exc:
+        console.print(f"[red]cannot publish:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"published {summary.history_events:,} history + {summary.live_events:,} live events "
+        f"in {summary.messages:,} messages ({summary.seconds:.1f} s)"
+    )
+
+
+@app.command()
+def send(
+    files: Annotated[list[str], typer.Argument(help="JSONL files of events; - for stdin")],
+    kafka_url: KafkaUrl = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(help="events per message (1: one JSON object per message) [env KPI_MESSAGE_BATCH]"),
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option(help="send every line as it is, one per message (no validation)")
+    ] = False,
+    topic: Topic = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    summary_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Publish JSONL events to the topic; invalid lines are counted and skipped unless --raw."""
+    from kpi_app.replay import make_progress
+    from streams.sender import send_files
+
+    for name in files:
+        if name != "-" and not Path(name).is_file():
+            raise typer.BadParameter(f"no such file: {name}")
+    settings = load_settings(kafka_url=kafka_url, topic=topic, message_batch=batch)
+    if not settings.kafka_url:
+        raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
+    bar = make_progress(progress and sys.stderr.isatty())
+
+    async def body() -> Any:
+        return await send_files(settings, files, batch=settings.message_batch, raw=raw, progress=bar)
+
+    try:
+        if bar is None:
+            summary = asyncio.run(body())
+        else:
+            with bar:
+                summary = asyncio.run(body())
+    except TimeoutError as exc:
+        console.print(f"[red]cannot reach the broker at {settings.kafka_url}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for reason, n in sorted(summary.rejected.items()):
+        console.print(f"  skipped {reason}: {n:,}")
+    if summary_json:
+        typer.echo(orjson.dumps(summary.as_dict()).decode())
+        return
+    typer.echo(
+        f"lines {summary.lines:,}  sent {summary.events:,} events in {summary.messages:,} messages  "
+        f"skipped {sum(summary.rejected.values()):,}"
+    )
+
+
+@app.command()
+def worker(
+    kafka_url: KafkaUrl = None,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    topic: Topic = None,
+    group: Group = None,
+    web_port: Annotated[int, typer.Option(help="port of /healthz and /metrics (one per worker)")] = 6066,
+    web_host: Annotated[str, typer.Option(help="bind address of the web port")] = "127.0.0.1",
+    supervise: Annotated[
+        bool, typer.Option(help="run faust in a child process that is started again when it stops")
+    ] = True,
+) -> None:
+    """One worker of the consumer group: applies the event topic to the KPI state in Redis."""
+    settings = load_settings(
+        kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic, consumer_group=group
+    )
+    if not settings.kafka_url:
+        raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
+    if supervise:
+        from streams.broker import bootstrap_servers
+        from streams.supervisor import Supervisor
+
+        given = {
+            "--kafka-url": kafka_url,
+            "--redis-url": redis_url,
+            "--namespace": namespace,
+            "--topic": topic,
+            "--group": group,
+            "--web-port": str(web_port),
+            "--web-host": web_host,
+        }
+        child = [sys.executable, "-m", "kpi_app", "worker", "--no-supervise"]
+        child += [part for flag, value in given.items() if value is not None for part in (flag, value)]
+        topics = {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.dlq_partitions}
+        raise typer.Exit(Supervisor(child, bootstrap_servers(settings.kafka_url), topics).run())
+    from streams.worker import KpiWorker
+
+    runtime = build_runtime(settings)
+    KpiWorker(
+        settings,
+        redis=runtime.redis,
+        parser=runtime.parser,
+        reader=runtime.reader,
+        web_port=web_port,
+        web_host=web_host,
+    ).run()
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="Kafka port (0: a free one)")] = 9092,
+    host: Annotated[str, typer.Option(help="listen and advertised address")] = "127.0.0.1",
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until Ctrl-C; prints its URL."""
+    from streams.broker import run_broker_foreground
+
+    raise typer.Exit(run_broker_foreground(port or None, host=host))
 
 
 def main() -> None:

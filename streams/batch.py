@@ -1,0 +1,265 @@
+"""One batch of topic messages -> validation -> dead letters -> atomic applies with offset watermarks.
+
+Contract the faust agent relies on: ``BatchApplier.apply(parse(messages))`` returns only once every
+message is accounted for -- its valid events applied (or skipped as duplicates or redeliveries)
+in Redis together with its partition's watermark, its invalid events acknowledged on the
+dead-letter topic. Only then may faust acknowledge the batch. Otherwise it raises
+``WatermarkLost`` (Redis lost writes that this process had committed: restart to rewind) or
+``BatchFailed`` (Redis or the broker stayed unusable for the whole retry budget), and the caller
+must stop the process without acknowledging (``os._exit``): faust acknowledges a ``take()`` batch
+in a ``finally``, so an exception that leaves the batch body loses the batch.
+
+Redis and broker errors are retried here, inside the batch, with backoff. Every attempt starts
+from a fresh watermark check on a pinned connection (``streams.offsets.PinnedRedis``), so an
+attempt that half-succeeded (some chunks committed) goes on where the committed part ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+from redis.exceptions import RedisError
+
+from kpi_state.events import Event, EventParser, Rejection
+from kpi_state.opmetrics import OpMetrics
+from kpi_state.store import ApplyResult, SourcedEvent
+from streams.deadletters import DeadLetter, DeadLetterSink, conflict_field
+from streams.offsets import NO_WATERMARK, PinnedRedis, WatermarkLedger
+
+log = structlog.get_logger(__name__)
+
+# faust's producer raises ProducerSendError for the KafkaError of a failed send.
+RETRIABLE: tuple[type[BaseException], ...] = (
+    RedisError,
+    KafkaError,
+    ProducerSendError,
+    OSError,
+    TimeoutError,
+)
+
+
+class SourceMessage(Protocol):
+    """What the applier reads of a Kafka message (faust's ``Message`` has these)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # epoch seconds
+    key: bytes | None
+    value: bytes | None
+
+
+class WatermarkLost(RuntimeError):
+    def __init__(self, lost: Mapping[str, tuple[int, int]]) -> None:
+        super().__init__(f"Redis holds watermarks below what was committed: {dict(lost)}")
+        self.lost = dict(lost)
+
+
+class BatchFailed(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class ParsedMessage:
+    message: SourceMessage
+    wm_field: str  # the watermark field of the message's partition
+    events: list[tuple[int | None, bytes, Event]] = field(default_factory=list)
+    rejects: list[tuple[int | None, bytes, Rejection]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.events) + len(self.rejects)
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Consecutive messages applied in one script call, never splitting a message: the
+    watermark of a partition is only raised past a message together with all its events."""
+
+    items: list[SourcedEvent] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
+    origins: list[tuple[ParsedMessage, int | None, bytes]] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+
+    def add(self, parsed: ParsedMessage) -> None:
+        msg = parsed.message
+        for index, raw, event in parsed.events:
+            self.items.append(SourcedEvent(event, parsed.wm_field, msg.offset))
+            self.sent_at.append(msg.timestamp)
+            self.origins.append((parsed, index, raw))
+        if msg.offset > self.marks.get(parsed.wm_field, NO_WATERMARK):
+            self.marks[parsed.wm_field] = msg.offset
+
+
+def _mark(stored: int | None) -> int:
+    return NO_WATERMARK if stored is None else stored
+
+
+def _letter(
+    parsed: ParsedMessage, index: int | None, raw: bytes, rejection: Rejection, fld: str | None
+) -> DeadLetter:
+    msg = parsed.message
+    return DeadLetter(
+        value=raw,
+        key=msg.key,
+        reason=rejection.reason,
+        field=fld,
+        detail=rejection.detail,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        index=index,
+        timestamp=msg.timestamp,
+    )
+
+
+class BatchApplier:
+    """Applies batches for the partitions in ``fields`` (partition -> watermark field), which the
+    worker replaces on every assignment. Messages of other partitions (left in a buffer after a
+    rebalance took them away) are ignored: their new owner reads them from its committed offset."""
+
+    def __init__(
+        self,
+        *,
+        parser: EventParser,
+        pinned: PinnedRedis,
+        ledger: WatermarkLedger,
+        dead_letters: DeadLetterSink,
+        ops: OpMetrics,
+        batch_size: int,
+        retry_budget: float,
+        on_health: Callable[[bool], None] = lambda ok: None,
+    ) -> None:
+        self._parser = parser
+        self._pinned = pinned
+        self._ledger = ledger
+        self._sink = dead_letters
+        self._ops = ops
+        self._batch_size = batch_size
+        self._budget = retry_budget
+        self._on_health = on_health
+        self.fields: dict[int, str] = {}
+
+    def _parse(self, msg: SourceMessage, fld: str, now: datetime) -> ParsedMessage:
+        parsed = ParsedMessage(msg, fld)
+        value = msg.value or b""
+        is_array = value.lstrip()[:1] == b"["
+        for i, (raw, outcome) in enumerate(self._parser.parse_message(value, now)):
+            index = i if is_array else None
+            if isinstance(outcome, Rejection):
+                parsed.rejects.append((None if outcome.reason == "invalid_json" else index, raw, outcome))
+            else:
+                parsed.events.append((index, raw, outcome))
+        return parsed
+
+    def _chunks(self, fresh: Sequence[ParsedMessage]) -> Iterator[_Chunk]:
+        chunk = _Chunk()
+        for parsed in fresh:
+            chunk.add(parsed)
+            if len(chunk.items) >= self._batch_size:
+                yield chunk
+                chunk = _Chunk()
+        if chunk.marks:
+            yield chunk
+
+    def parse(self, messages: Sequence[SourceMessage]) -> list[ParsedMessage]:
+        """The CPU part of a batch, done when it is taken (while Redis applies the one before).
+
+        Messages of partitions not in ``fields`` at this moment are left out.
+        """
+        now = datetime.now(UTC)
+        fields = self.fields
+        parsed = [self._parse(m, fields[m.partition], now) for m in messages if m.partition in fields]
+        if len(parsed) < len(messages):
+            log.info("worker.ignored_unassigned", messages=len(messages) - len(parsed))
+        return parsed
+
+    async def apply(self, parsed: Sequence[ParsedMessage]) -> None:
+        """Apply a parsed batch (see the module contract); batches must come in the order taken."""
+        if not parsed:
+            return
+        deadline = time.monotonic() + self._budget
+        delay = 0.05
+        first = True
+        conflicts: list[DeadLetter] = []
+        while True:
+            try:
+                async with self._pinned as session:
+                    known = self._ledger.snapshot()
+                    stored = await session.watermarks({p.wm_field for p in parsed})
+                    lost = WatermarkLedger.lost(known, stored)
+                    if lost:
+                        raise WatermarkLost(lost)
+                    fresh = [p for p in parsed if p.message.offset > _mark(stored[p.wm_field])]
+                    if first:
+                        await self._dead_letter_invalid(parsed, fresh)
+                        first = False
+                    conflicts += await self._apply_chunks(session, fresh)
+                await self._sink.send(conflicts)
+                self._on_health(True)
+                return
+            except RETRIABLE as exc:
+                self._on_health(False)
+                if time.monotonic() + delay > deadline:
+                    raise BatchFailed(f"batch not applied within {self._budget:.0f} s: {exc!r}") from exc
+                log.warning("worker.batch_retry", error=repr(exc), delay=round(delay, 2))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _apply_chunks(self, session: PinnedRedis, fresh: Sequence[ParsedMessage]) -> list[DeadLetter]:
+        """One script call per chunk, in order; the next chunk is prepared while Redis runs the
+        current one. A chunk is only sent once the one before it succeeded."""
+        refused: list[DeadLetter] = []
+        running: tuple[asyncio.Future[ApplyResult], _Chunk] | None = None
+        try:
+            for chunk in self._chunks(fresh):
+                prepared = session.prepare(chunk.items, chunk.marks)
+                if running is not None:
+                    refused += self._settled(await running[0], running[1])
+                running = (asyncio.ensure_future(session.execute(prepared)), chunk)
+                await asyncio.sleep(0)  # let it write the request before we prepare the next one
+            if running is not None:
+                refused += self._settled(await running[0], running[1])
+                running = None
+        finally:
+            if running is not None and not running[0].done():  # we are failing: never leave it behind
+                running[0].cancel()
+                with contextlib.suppress(BaseException):
+                    await running[0]
+        return refused
+
+    def _settled(self, result: ApplyResult, chunk: _Chunk) -> list[DeadLetter]:
+        self._ledger.raise_to(chunk.marks)
+        self._ops.record_apply(result, chunk.items, time.time(), chunk.sent_at)
+        return self._refused(chunk, result)
+
+    async def _dead_letter_invalid(
+        self, parsed: Sequence[ParsedMessage], fresh: Sequence[ParsedMessage]
+    ) -> None:
+        """Once per batch: count what the watermark skips, dead-letter the invalid events of the rest."""
+        skipped = sum(p.size for p in parsed) - sum(p.size for p in fresh)
+        if skipped:
+            self._ops.redelivered.inc(skipped)
+        letters = [_letter(p, index, raw, r, r.field) for p in fresh for index, raw, r in p.rejects]
+        await self._sink.send(letters)
+        self._ops.record_rejections(p_r[2] for p in fresh for p_r in p.rejects)
+
+    @staticmethod
+    def _refused(chunk: _Chunk, result: ApplyResult) -> list[DeadLetter]:
+        """Dead letters for what the store refused (conflicts, amounts it cannot hold exactly);
+        ``OpMetrics.record_apply`` already counted them."""
+        letters = []
+        for pos, rejection in result.rejected:
+            parsed, index, raw = chunk.origins[pos]
+            fld = rejection.field or conflict_field(chunk.items[pos].event)
+            letters.append(_letter(parsed, index, raw, rejection, fld))
+        return letters

@@ -373,6 +373,37 @@ def broker(
     raise typer.Exit(run_broker_foreground(port or None, host=host))
 
 
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="HTTP port of the wall page, API and /metrics")] = 8080,
+    rate: Annotated[float, typer.Option(help="live events per second")] = 20.0,
+    history_days: Annotated[float, typer.Option(help="days of backfilled history")] = 90.0,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    redis_url: RedisUrl = None,
+    namespace: Annotated[str, typer.Option(help="key prefix of the demo (cleared at start)")] = "demo",
+) -> None:
+    """The live demo on the embedded default: broker, worker, simulator, wall page; Ctrl-C stops all."""
+    from streams.broker import free_port
+    from streams.demo import run_demo
+
+    settings = load_settings(redis_url=redis_url, namespace=namespace)
+    http_port = port if port and _port_free(port) else free_port()
+    raise typer.Exit(
+        run_demo(settings, http_port=http_port, rate=rate, history_days=history_days, duration=duration)
+    )
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def main() -> None:
     configure_logging()
     app()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -125,7 +127,8 @@ async def _devtools_port(profile: Path, proc: asyncio.subprocess.Process) -> int
 @asynccontextmanager
 async def open_page(chromium: str, width: int = 1920, height: int = 1080) -> AsyncIterator[Page]:
     """A fresh browser (own profile) with one page of exactly ``width`` x ``height`` CSS pixels."""
-    with tempfile.TemporaryDirectory(prefix="kpi-chromium-") as tmp:
+    # Chromium's helper processes may still be writing the profile while they exit.
+    with tempfile.TemporaryDirectory(prefix="kpi-chromium-", ignore_cleanup_errors=True) as tmp:
         profile = Path(tmp)
         proc = await asyncio.create_subprocess_exec(
             chromium,
@@ -135,6 +138,7 @@ async def open_page(chromium: str, width: int = 1920, height: int = 1080) -> Asy
             "about:blank",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its zygote and renderers go with it
         )
         try:
             port = await _devtools_port(profile, proc)
@@ -156,9 +160,11 @@ async def open_page(chromium: str, width: int = 1920, height: int = 1080) -> Asy
                     yield page
         finally:
             if proc.returncode is None:
-                proc.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(proc.wait(), 10)
                 except TimeoutError:
-                    proc.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                     await proc.wait()

@@ -81,7 +81,8 @@ PAGE_STATE = """(() => {
     prev: Object.fromEntries(all("[data-kpi]").map((t) => [t.dataset.kpi, v(t, "prev")])),
     text: text(".value"),
     deltas: text(".delta"),
-    ltvLevel: document.querySelector('[data-kpi="ltv_cac_ratio"]').dataset.level,
+    // Optional: wait_for() may look before the page has loaded.
+    ltvLevel: document.querySelector('[data-kpi="ltv_cac_ratio"]')?.dataset.level ?? null,
     funnel: Object.fromEntries(all("[data-funnel]").map((li) => [li.dataset.funnel, v(li)])),
     leaders: all("#leaders tr").map((tr) =>
       [tr.dataset.rep, field(tr, "revenue_won"), field(tr, "new_customers")]),

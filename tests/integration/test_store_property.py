@@ -64,7 +64,8 @@ def edge_instants(as_of: datetime, tz: ZoneInfo) -> list[datetime]:
 
 @st.composite
 def crm_events(draw: st.DrawFn, as_of: datetime, tz: ZoneInfo) -> list[Event]:
-    """A small, realistic, conflict-free CRM history of the ~40 days before ``as_of``.
+    """A small, realistic, conflict-free CRM history of the ~40 days before ``as_of``, plus
+    events on the window edges (back to the start of ``90d``, at most 30 minutes after ``as_of``).
 
     At most one lead.created per lead, one deal.created and one terminal event per deal;
     every other combination (missing creations, wins with and without lead_id, stage
@@ -77,7 +78,11 @@ def crm_events(draw: st.DrawFn, as_of: datetime, tz: ZoneInfo) -> list[Event]:
         st.sampled_from(edge_instants(as_of, tz)),
         st.integers(0, 40 * 86_400_000).map(lambda ms: as_of - timedelta(milliseconds=ms)),
     )
-    amounts = st.integers(0, 10_000_000).map(lambda cents: cents / 100)
+    amounts = st.one_of(
+        st.integers(0, 10_000_000).map(lambda cents: cents / 100),
+        # up to the store's limit of 1e9 in the reporting currency (GBP is 1.17)
+        st.integers(0, 850_000_000).map(float),
+    )
     currencies = st.sampled_from((None, None, None, "EUR", "USD", "GBP"))
 
     def maybe(values: Sequence[str]) -> st.SearchStrategy[str | None]:

@@ -8,9 +8,7 @@ Parsing and preparing the next batch overlaps the Redis call of the previous one
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kpi_app.bootstrap import Runtime
 from kpi_state.events import Event, Rejection
 from kpi_state.store import ApplyResult
+from streams.jsonl import Line, read_lines
 
 
 @dataclass
@@ -43,40 +42,11 @@ class ReplaySummary:
         }
 
 
-@dataclass(frozen=True)
-class _Line:
-    source: str
-    number: int
-    raw: bytes
-
-
 def default_rejects_path(inputs: list[str]) -> Path:
     first = inputs[0]
     if first == "-":
         return Path("stdin.rejects.jsonl")
     return Path(first).with_name(Path(first).name + ".rejects.jsonl")
-
-
-def _open(name: str) -> IO[bytes]:
-    return sys.stdin.buffer if name == "-" else open(name, "rb")
-
-
-def _lines(names: list[str], progress: Progress | None) -> Iterator[_Line]:
-    for name in names:
-        task = None
-        if progress is not None and name != "-":
-            task = progress.add_task(Path(name).name, total=Path(name).stat().st_size)
-        stream = _open(name)
-        try:
-            for number, raw in enumerate(stream, start=1):
-                if progress is not None and task is not None:
-                    progress.advance(task, len(raw))
-                stripped = raw.strip()
-                if stripped:
-                    yield _Line(name, number, stripped)
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
 
 
 class Replayer:
@@ -85,7 +55,7 @@ class Replayer:
         self._rejects = rejects
         self.summary = ReplaySummary()
 
-    def _reject(self, line: _Line, rejection: Rejection) -> None:
+    def _reject(self, line: Line, rejection: Rejection) -> None:
         self.summary.rejected[rejection.reason] += 1
         record = {
             "file": line.source,
@@ -95,7 +65,7 @@ class Replayer:
         }
         self._rejects.write(orjson.dumps(record) + b"\n")
 
-    def _account(self, result: ApplyResult, lines: list[_Line]) -> None:
+    def _account(self, result: ApplyResult, lines: list[Line]) -> None:
         self.summary.applied += result.applied
         self.summary.duplicates += result.duplicates
         for pos, rejection in result.rejected:
@@ -104,11 +74,11 @@ class Replayer:
     async def run(self, names: list[str], progress: Progress | None) -> ReplaySummary:
         parser = self._runtime.parser
         size = self._runtime.settings.batch_size
-        in_flight: tuple[asyncio.Task[ApplyResult], list[_Line]] | None = None
+        in_flight: tuple[asyncio.Task[ApplyResult], list[Line]] | None = None
         events: list[Event] = []
-        lines: list[_Line] = []
+        lines: list[Line] = []
         now = datetime.now(UTC)
-        for line in _lines(names, progress):
+        for line in read_lines(names, progress):
             self.summary.lines += 1
             parsed = parser.parse_bytes(line.raw, now)
             if isinstance(parsed, Rejection):

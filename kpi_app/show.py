@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from kpi_state.collector import MONEY_KPIS
+
 _RATIOS = {
     "qualification_rate",
     "conversion_rate",
@@ -16,18 +18,6 @@ _RATIOS = {
     "churn_rate",
     "gross_margin",
     "csat",
-}
-_MONEY = {
-    "revenue_won",
-    "avg_deal_size",
-    "spend",
-    "spend_marketing",
-    "spend_sales",
-    "cac",
-    "revenue_recorded",
-    "arpa",
-    "ltv",
-    "sales_velocity",
 }
 _DIM_COLUMNS = (
     "leads",
@@ -49,7 +39,7 @@ def fmt(name: str, value: Any, currency: str) -> str:
         return "  ".join(f"{k}={fmt(name, v, currency) if v is not None else '—'}" for k, v in value.items())
     if name in _RATIOS or name == "stage_conversion_rate":
         return f"{value:.1%}"
-    if name in _MONEY:
+    if name in MONEY_KPIS:
         return f"{value:,.2f} {currency}"
     if isinstance(value, float):
         return f"{value:,.2f}"

@@ -13,13 +13,11 @@ broker acknowledged every message.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from rich.progress import Progress
@@ -28,6 +26,7 @@ from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
 from kpi_state.store import FactBuilder
 from streams.broker import bootstrap_servers
+from streams.jsonl import read_lines
 from streams.producer import EventProducer, event_key
 from streams.topics import ensure_topics
 
@@ -49,28 +48,6 @@ class SendSummary:
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
         }
-
-
-def _open(name: str) -> IO[bytes]:
-    return sys.stdin.buffer if name == "-" else open(name, "rb")
-
-
-def _lines(names: Sequence[str], progress: Progress | None) -> Iterator[bytes]:
-    for name in names:
-        task = None
-        if progress is not None and name != "-":
-            task = progress.add_task(Path(name).name, total=Path(name).stat().st_size)
-        stream = _open(name)
-        try:
-            for raw in stream:
-                if progress is not None and task is not None:
-                    progress.advance(task, len(raw))
-                line = raw.strip()
-                if line:
-                    yield line
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
 
 
 def _raw_key(line: bytes) -> bytes | None:
@@ -122,7 +99,7 @@ async def send_files(
     validate = _Validator(settings)
     async with EventProducer(bootstrap, settings.topic, client_id="kpi-send", linger_ms=20) as producer:
         chunk: list[dict[str, Any]] = []
-        for line in _lines(names, progress):
+        for line in (entry.raw for entry in read_lines(names, progress)):
             summary.lines += 1
             if raw:
                 await producer.send_raw(_raw_key(line), line)

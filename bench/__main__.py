@@ -41,13 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         replay = bench_replay.run(args.redis_url, args.events)
         report["replay"] = replay
         verdicts.append(f"replay {replay['events_per_s']:,} events/s (target 20,000+)")
-        verdicts.append(f"idempotency keys {replay['idempotency_bytes_per_event']} bytes/event (target <= ~150)")
+        per_event = replay["idempotency_bytes_per_event"]
+        verdicts.append(f"idempotency keys {per_event} bytes/event (target <= ~150)")
     if "scrape" in wanted:
         from bench import bench_scrape
 
         scrape = bench_scrape.run(args.redis_url)
         report["scrape"] = scrape
-        verdicts.append(f"scrape 50x10x5 p50 {scrape['p50_ms']} ms, p99 {scrape['p99_ms']} ms (target < 100 ms)")
+        p50, p99 = scrape["p50_ms"], scrape["p99_ms"]
+        verdicts.append(f"scrape 50x10x5 p50 {p50} ms, p99 {p99} ms (target < 100 ms)")
     if "streaming" in wanted:
         try:
             from bench import bench_streaming

@@ -270,9 +270,13 @@ def shown(state: dict[str, Any]) -> dict[str, Any]:
 async def wait_for(page: Page, predicate: Any, what: str, seconds: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     while True:
-        state: dict[str, Any] = await page.evaluate(PAGE_STATE)
-        if predicate(state):
-            return state
+        try:
+            state: dict[str, Any] = await page.evaluate(PAGE_STATE)
+        except RuntimeError as exc:  # the document is not there yet (navigation under way)
+            state = {"not_loaded": str(exc)}
+        else:
+            if predicate(state):
+                return state
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; page state: {state}")
         await asyncio.sleep(0.25)

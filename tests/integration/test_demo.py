@@ -7,26 +7,33 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
 
-def _children_of_demos() -> set[int]:
-    """PIDs of processes a demo starts (broker, worker, serve, simulator)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    pids = set()
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if "tansu" in args or re.search(r"kpi_app (worker|serve|simulate|send)", args):
-            pids.add(int(pid))
-    return pids
+def _marked_processes(mark: str) -> set[int]:
+    """PIDs of live processes whose environment carries ``KPI_TEST_MARK=<mark>``: the demo
+    and everything it started (children inherit the environment), and nothing else."""
+    needle = f"KPI_TEST_MARK={mark}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.add(int(entry.name))
+    return found
 
 
 def test_demo_runs_shows_kpis_and_stops_cleanly() -> None:
-    before = _children_of_demos()
-    namespace = f"test-demo-{uuid.uuid4().hex[:8]}"
+    mark = uuid.uuid4().hex
+    namespace = f"test-demo-{mark[:8]}"
     proc = subprocess.run(
         [
             sys.executable,
@@ -45,7 +52,7 @@ def test_demo_runs_shows_kpis_and_stops_cleanly() -> None:
         capture_output=True,
         text=True,
         timeout=180,
-        env={**os.environ, "COLUMNS": "120"},
+        env={**os.environ, "COLUMNS": "120", "KPI_TEST_MARK": mark},
     )
     try:
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -54,7 +61,7 @@ def test_demo_runs_shows_kpis_and_stops_cleanly() -> None:
         assert rows, proc.stdout[-3000:]
         last = [int(v.replace(",", "")) for v in rows[-1]]
         assert last[3] > 0  # 30d leads from the backfill
-        assert _children_of_demos() <= before, "a child of the demo outlived it"
+        assert _marked_processes(mark) == set(), "a child of the demo outlived it"
     finally:
         import redis
 

@@ -148,6 +148,7 @@ class BatchApplier:
         self._budget = retry_budget
         self._on_health = on_health
         self.fields: dict[int, str] = {}
+        self._ignored = False
 
     def _parse(self, msg: SourceMessage, fld: str, now: datetime) -> ParsedMessage:
         parsed = ParsedMessage(msg, fld)
@@ -180,8 +181,14 @@ class BatchApplier:
         fields = self.fields
         parsed = [self._parse(m, fields[m.partition], now) for m in messages if m.partition in fields]
         if len(parsed) < len(messages):
+            self._ignored = True
             log.info("worker.ignored_unassigned", messages=len(messages) - len(parsed))
         return parsed
+
+    def ignored_since_assignment(self) -> bool:
+        """Whether messages were left out since the last call (and reset the flag)."""
+        ignored, self._ignored = self._ignored, False
+        return ignored
 
     async def apply(self, parsed: Sequence[ParsedMessage]) -> None:
         """Apply a parsed batch (see the module contract); batches must come in the order taken."""

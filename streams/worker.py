@@ -207,6 +207,9 @@ class KpiWorker:
             self.request_restart("worker.topic_identity_changed", old=self._state.identity, new=identity)
             return
         fields = {tp.partition: watermark_field(topic, identity, tp.partition) for tp in mine}
+        # From here on messages of these partitions are applied, not ignored (the applier checks
+        # the watermarks itself, so a restart requested below loses nothing).
+        self.applier.fields = fields
         known = self.ledger.snapshot()
         stored = await self._stored_at_assignment(fields.values())
         lost = WatermarkLedger.lost(known, stored)
@@ -232,11 +235,16 @@ class KpiWorker:
                 return
             await consumer.seek_wait(rewinds)
             log.warning("worker.rewind", offsets=_by_partition(rewinds), committed=_by_partition(committed))
+        # Messages fetched while this callback ran were ignored (their partition had no field yet)
+        # and not acknowledged: start every other partition at its committed offset again, so they
+        # are read again (what was applied meanwhile is skipped by the watermark).
+        again = {tp: off for tp in mine if tp not in rewinds and (off := committed.get(tp)) is not None}
+        if again and self.applier.ignored_since_assignment():
+            await consumer.seek_wait(again)
         self._state.identity = identity
         self._state.ever_assigned.update(tp.partition for tp in mine)
         self._state.partitions = [tp.partition for tp in mine]
         self.ledger.reset({fields[p]: stored[fields[p]] for p in fields})
-        self.applier.fields = fields
         self._state.assigned = True
         self._update_ready()
         log.info(

@@ -56,10 +56,10 @@ from streams.topics import KafkaInspector, ensure_topics
 log = structlog.get_logger(__name__)
 
 # A take() batch: up to this many messages, or what arrived within this time (freshness: at
-# 1,000 events/s a batch closes every 0.2 s). Each batch is applied in script calls of at most
+# 1,000 events/s a batch closes every 0.1 s). Each batch is applied in script calls of at most
 # settings.batch_size events.
 TAKE_MAX_MESSAGES = 500
-TAKE_WITHIN_SECONDS = 0.2
+TAKE_WITHIN_SECONDS = 0.1
 PIPELINE_DEPTH = 2  # batches taken but not yet applied, besides the one being applied
 # Redis or the broker unusable for this long while a batch is in hand: stop without acknowledging.
 BATCH_RETRY_SECONDS = 60.0

@@ -8,6 +8,7 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000, help="events for the replay benchmark")
     parser.add_argument("--only", choices=["replay", "scrape", "streaming"], action="append")
     args = parser.parse_args(argv)
+    from kpi_app.cli import configure_logging
+
+    configure_logging(logging.WARNING)  # logs to stderr: stdout is the JSON report
     wanted = set(args.only or ["replay", "scrape", "streaming"])
     report: dict[str, Any] = {"machine": machine()}
     verdicts: list[str] = []

@@ -23,7 +23,7 @@ demo: install ## live demo on the embedded default (broker, worker, simulator, w
 
 lint: install ## ruff and mypy
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check kpi_state streams kpi_app
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: install lint ## lint, then every test (unit, integration against real services, e2e)

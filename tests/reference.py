@@ -45,15 +45,35 @@ UNASSIGNED, UNKNOWN = "unassigned", "unknown"
 WINDOW_NAMES = ("1h", "24h", "7d", "30d", "90d", "all")
 
 FUNNEL_KPIS = (
-    "leads", "qualified_leads", "qualification_rate", "lead_conversions", "conversion_rate",
-    "cohort_conversions", "cohort_conversion_rate", "deals_created", "deals_won", "deals_lost",
-    "win_rate", "revenue_won", "avg_deal_size", "new_customers", "sales_cycle_days",
+    "leads",
+    "qualified_leads",
+    "qualification_rate",
+    "lead_conversions",
+    "conversion_rate",
+    "cohort_conversions",
+    "cohort_conversion_rate",
+    "deals_created",
+    "deals_won",
+    "deals_lost",
+    "win_rate",
+    "revenue_won",
+    "avg_deal_size",
+    "new_customers",
+    "sales_cycle_days",
 )
 SPEND_KPIS = ("spend", "spend_marketing", "spend_sales", "cac")
 STAGE_KPIS = ("stage_entries", "stage_conversion_rate")
 ECONOMICS_KPIS = (
-    "revenue_recorded", "gross_margin", "churned_customers", "churn_rate", "arpa", "ltv",
-    "ltv_cac_ratio", "nps", "csat", "sales_velocity",
+    "revenue_recorded",
+    "gross_margin",
+    "churned_customers",
+    "churn_rate",
+    "arpa",
+    "ltv",
+    "ltv_cac_ratio",
+    "nps",
+    "csat",
+    "sales_velocity",
 )
 
 
@@ -126,7 +146,7 @@ def accept(events: Iterable[Event]) -> EventSet:
 
 
 def order_key(e: Event) -> tuple[datetime, str]:
-    """"First" and "latest": by occurred_at, ties by event_id in code-point order."""
+    """ "First" and "latest": by occurred_at, ties by event_id in code-point order."""
     return (e.occurred_at, e.event_id)
 
 
@@ -174,8 +194,14 @@ def contributions(s: EventSet, settings: Settings) -> list[Contribution]:
         created = s.deals.get(deal_id)
         return created.lead_id if created is not None else None
 
-    def add(quantity: str, at: datetime, value: float, rep: str | None = None,
-            source: str | None = None, segment: str | None = None) -> None:
+    def add(
+        quantity: str,
+        at: datetime,
+        value: float,
+        rep: str | None = None,
+        source: str | None = None,
+        segment: str | None = None,
+    ) -> None:
         out.append(Contribution(quantity, at, value, rep, source, segment))
 
     def add_lead_based(quantity: str, at: datetime, lead_id: str) -> None:
@@ -353,14 +379,14 @@ def stage_kpis(w: Sums, settings: Settings) -> dict[str, Any]:
     return {
         "stage_entries": entries,
         "stage_conversion_rate": {
-            stage: div(entries[following], entries[stage])
-            for stage, following in pairwise(stages)
+            stage: div(entries[following], entries[stage]) for stage, following in pairwise(stages)
         },
     }
 
 
-def economics_kpis(w: Sums, funnel: dict[str, Any], cac: float | None,
-                   active_now: int, open_deals_now: int) -> dict[str, Any]:
+def economics_kpis(
+    w: Sums, funnel: dict[str, Any], cac: float | None, active_now: int, open_deals_now: int
+) -> dict[str, Any]:
     revenue = w.money("revenue_recorded")
     churned = w.count("churned_customers")
     gross_margin = div(w.money("margin_amount"), revenue)
@@ -369,8 +395,9 @@ def economics_kpis(w: Sums, funnel: dict[str, Any], cac: float | None,
     arpa = div(revenue, active_now)
     ltv = div(arpa * gross_margin if arpa is not None and gross_margin is not None else None, churn_rate)
     win_rate, avg_deal = funnel["win_rate"], funnel["avg_deal_size"]
-    velocity_num = (open_deals_now * win_rate * avg_deal
-                    if win_rate is not None and avg_deal is not None else None)
+    velocity_num = (
+        open_deals_now * win_rate * avg_deal if win_rate is not None and avg_deal is not None else None
+    )
     return {
         "revenue_recorded": revenue,
         "gross_margin": gross_margin,
@@ -428,8 +455,9 @@ def current_state(s: EventSet, settings: Settings) -> dict[str, Any]:
 DIMENSIONS = (("rep", "by_rep"), ("source", "by_source"), ("segment", "by_segment"))
 
 
-def window_document(contribs: Sequence[Contribution], settings: Settings,
-                    active_now: int, open_deals_now: int) -> dict[str, Any]:
+def window_document(
+    contribs: Sequence[Contribution], settings: Settings, active_now: int, open_deals_now: int
+) -> dict[str, Any]:
     total = Sums()
     per_value: dict[str, dict[str, Sums]] = {dim: defaultdict(Sums) for dim, _ in DIMENSIONS}
     listed: dict[str, set[str]] = {dim: set() for dim, _ in DIMENSIONS}
@@ -481,7 +509,9 @@ def reference_document(events: Sequence[Event], settings: Settings, as_of: datet
         "windows": {
             window: window_document(
                 [c for c in contribs if in_window(c.at, window, as_of, settings)],
-                settings, active_now, open_deals_now,
+                settings,
+                active_now,
+                open_deals_now,
             )
             for window in WINDOW_NAMES
         },
@@ -511,11 +541,16 @@ def differences(actual: Any, expected: Any, path: str = "$") -> list[str]:
                 out.extend(differences(actual[key], expected[key], f"{path}.{key}"))
         return out
     if expected is None or actual is None or isinstance(expected, str | bool):
-        return [] if actual == expected and type(actual) is type(expected) else [
-            f"{path}: got {actual!r}, expected {expected!r}"]
+        return (
+            []
+            if actual == expected and type(actual) is type(expected)
+            else [f"{path}: got {actual!r}, expected {expected!r}"]
+        )
     if type(actual) is not type(expected):
-        return [f"{path}: got {actual!r} ({type(actual).__name__}), expected {expected!r} "
-                f"({type(expected).__name__})"]
+        return [
+            f"{path}: got {actual!r} ({type(actual).__name__}), expected {expected!r} "
+            f"({type(expected).__name__})"
+        ]
     if isinstance(expected, float):
         ok = math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-6)
     else:

@@ -64,7 +64,7 @@ async def snapshot(store: KpiStore) -> dict[str, Any]:
     client = store.redis
     out: dict[str, Any] = {}
     async for raw in client.scan_iter(match=store.prefix + "*", count=1000):
-        name = raw.decode()[len(store.prefix):]
+        name = raw.decode()[len(store.prefix) :]
         kind = (await client.type(raw)).decode()
         if kind == "hash":
             out[name] = await client.hgetall(raw)
@@ -78,12 +78,13 @@ async def snapshot(store: KpiStore) -> dict[str, Any]:
 async def ttls(store: KpiStore) -> dict[str, int]:
     out: dict[str, int] = {}
     async for raw in store.redis.scan_iter(match=store.prefix + "*", count=1000):
-        out[raw.decode()[len(store.prefix):]] = await store.redis.ttl(raw)
+        out[raw.decode()[len(store.prefix) :]] = await store.redis.ttl(raw)
     return out
 
 
-def check_reference(document: dict[str, Any], applied_in_order: Sequence[Event], settings: Settings,
-                    as_of: datetime = AS_OF) -> None:
+def check_reference(
+    document: dict[str, Any], applied_in_order: Sequence[Event], settings: Settings, as_of: datetime = AS_OF
+) -> None:
     assert_documents_match(document, reference_document(applied_in_order, settings, as_of))
 
 
@@ -131,8 +132,9 @@ def test_duplicates_within_one_batch(make_settings: SettingsFactory, open_store:
     asyncio.run(scenario())
 
 
-def test_a_batch_of_duplicates_writes_nothing(make_settings: SettingsFactory,
-                                              open_store: StoreOpener) -> None:
+def test_a_batch_of_duplicates_writes_nothing(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings(currency_rates="USD=0.9")
 
     async def scenario() -> None:
@@ -163,8 +165,9 @@ def test_a_batch_of_duplicates_writes_nothing(make_settings: SettingsFactory,
 # ------------------------------------------------------------------ conflicts
 
 
-def test_conflicts_are_rejected_and_change_nothing(make_settings: SettingsFactory,
-                                                   open_store: StoreOpener) -> None:
+def test_conflicts_are_rejected_and_change_nothing(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings(currency_rates="USD=0.9")
     conflicting = [
         E("lead.created", "k1", 1, lead_id="L1", source="tv"),
@@ -199,8 +202,9 @@ def test_conflicts_are_rejected_and_change_nothing(make_settings: SettingsFactor
     asyncio.run(scenario())
 
 
-def test_conflicts_within_one_batch_keep_the_first(make_settings: SettingsFactory,
-                                                   open_store: StoreOpener) -> None:
+def test_conflicts_within_one_batch_keep_the_first(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings()
     batch = [
         E("deal.created", "a", 3, deal_id="D", rep_id="alice", amount=10),
@@ -229,8 +233,9 @@ def test_conflicts_within_one_batch_keep_the_first(make_settings: SettingsFactor
 # ------------------------------------------------------------------ re-attribution
 
 
-def test_lead_created_after_the_win_re_attributes(make_settings: SettingsFactory,
-                                                  open_store: StoreOpener) -> None:
+def test_lead_created_after_the_win_re_attributes(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings()
     won = E("deal.won", "w", 10, deal_id="D", customer_id="C", rep_id="bob", amount=100, lead_id="L")
     qualified = E("lead.qualified", "q", 20, lead_id="L")
@@ -249,8 +254,14 @@ def test_lead_created_after_the_win_re_attributes(make_settings: SettingsFactory
             window = document["windows"]["1h"]
             assert list(window["by_source"]) == ["web"]  # nothing is left for "unknown"
             web = window["by_source"]["web"]
-            assert (web["leads"], web["qualified_leads"], web["lead_conversions"], web["cohort_conversions"],
-                    web["deals_won"], web["new_customers"]) == (1, 1, 1, 1, 1, 1)
+            assert (
+                web["leads"],
+                web["qualified_leads"],
+                web["lead_conversions"],
+                web["cohort_conversions"],
+                web["deals_won"],
+                web["new_customers"],
+            ) == (1, 1, 1, 1, 1, 1)
             assert sorted(window["by_rep"]) == ["alice", "bob"]
             assert window["by_rep"]["alice"]["lead_conversions"] == 1
             assert window["by_rep"]["bob"]["deals_won"] == 1
@@ -260,8 +271,9 @@ def test_lead_created_after_the_win_re_attributes(make_settings: SettingsFactory
     asyncio.run(scenario())
 
 
-def test_deal_created_after_a_win_without_lead_id(make_settings: SettingsFactory,
-                                                  open_store: StoreOpener) -> None:
+def test_deal_created_after_a_win_without_lead_id(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings()
     lead = E("lead.created", "l", 50, lead_id="L", source="web", rep_id="alice")
     won = E("deal.won", "w", 10, deal_id="D", customer_id="C", rep_id="bob", amount=100)
@@ -292,8 +304,9 @@ def test_deal_created_after_a_win_without_lead_id(make_settings: SettingsFactory
     asyncio.run(scenario())
 
 
-def test_stage_change_without_rep_before_its_deal_created(make_settings: SettingsFactory,
-                                                          open_store: StoreOpener) -> None:
+def test_stage_change_without_rep_before_its_deal_created(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings()
     changes = [
         E("deal.stage_changed", "s1", 20, deal_id="D", to_stage="qualification", amount=50),
@@ -312,7 +325,11 @@ def test_stage_change_without_rep_before_its_deal_created(make_settings: Setting
             by_rep = document["windows"]["1h"]["by_rep"]
             assert sorted(by_rep) == ["alice", "carol"]
             assert by_rep["alice"]["stage_entries"] == {
-                "prospecting": 1, "qualification": 1, "proposal": 0, "negotiation": 0, "won": 0,
+                "prospecting": 1,
+                "qualification": 1,
+                "proposal": 0,
+                "negotiation": 0,
+                "won": 0,
             }
             assert by_rep["carol"]["stage_entries"]["proposal"] == 1
             assert document["current"]["pipeline"]["by_stage"]["proposal"] == {"open_deals": 1, "value": 50.0}
@@ -321,8 +338,9 @@ def test_stage_change_without_rep_before_its_deal_created(make_settings: Setting
     asyncio.run(scenario())
 
 
-def test_an_earlier_win_becomes_the_first_win(make_settings: SettingsFactory,
-                                              open_store: StoreOpener) -> None:
+def test_an_earlier_win_becomes_the_first_win(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings()
     lead = E("lead.created", "l", 120, lead_id="L", source="ads")
     later = E("deal.won", "w2", 10, deal_id="D2", customer_id="C", rep_id="bob", amount=100)
@@ -353,8 +371,9 @@ def test_an_earlier_win_becomes_the_first_win(make_settings: SettingsFactory,
 # ------------------------------------------------------------------ offset watermarks
 
 
-def test_offset_watermarks_skip_redelivered_events(make_settings: SettingsFactory,
-                                                   open_store: StoreOpener) -> None:
+def test_offset_watermarks_skip_redelivered_events(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings = make_settings()
     p0, p1 = "crm-events/0", "crm-events/1"
     leads = [E("lead.created", f"e{i}", 5, lead_id=f"L{i}") for i in range(8)]
@@ -367,9 +386,13 @@ def test_offset_watermarks_skip_redelivered_events(make_settings: SettingsFactor
             # After a rebalance offsets 2..5 come again; 2 and 3 are at or below the watermark.
             # Offset 3 even carries an event never seen: the watermark, not the id, decides.
             second = await store.apply(
-                [SourcedEvent(leads[2], p0, 2), SourcedEvent(leads[6], p0, 3),
-                 SourcedEvent(leads[4], p0, 4), SourcedEvent(leads[5], p0, 5),
-                 SourcedEvent(leads[1], p1, 0)],
+                [
+                    SourcedEvent(leads[2], p0, 2),
+                    SourcedEvent(leads[6], p0, 3),
+                    SourcedEvent(leads[4], p0, 4),
+                    SourcedEvent(leads[5], p0, 5),
+                    SourcedEvent(leads[1], p1, 0),
+                ],
                 marks={p0: 5, p1: 0},
             )
             assert outcomes(second) == "rraad"

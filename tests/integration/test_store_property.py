@@ -54,9 +54,16 @@ def edge_instants(as_of: datetime, tz: ZoneInfo) -> list[datetime]:
         return datetime.combine(today - timedelta(days=days_back), time(0), tzinfo=tz)
 
     bounds = [
-        minute - timedelta(minutes=59), minute + timedelta(minutes=1),
-        hour - timedelta(hours=23), hour + timedelta(hours=1),
-        midnight(0), midnight(-1), midnight(6), midnight(29), midnight(89), as_of,
+        minute - timedelta(minutes=59),
+        minute + timedelta(minutes=1),
+        hour - timedelta(hours=23),
+        hour + timedelta(hours=1),
+        midnight(0),
+        midnight(-1),
+        midnight(6),
+        midnight(29),
+        midnight(89),
+        as_of,
     ]
     out = {b + d for b in bounds for d in (timedelta(0), timedelta(seconds=-1))}
     return sorted(t for t in out if t <= as_of + timedelta(minutes=30))
@@ -100,38 +107,76 @@ def crm_events(draw: st.DrawFn, as_of: datetime, tz: ZoneInfo) -> list[Event]:
 
     for lead in LEADS:
         if draw(st.booleans()):
-            emit("lead.created", lead_id=lead, source=draw(maybe(SOURCES)), segment=draw(maybe(SEGMENTS)),
-                 rep_id=draw(maybe(REPS)))
+            emit(
+                "lead.created",
+                lead_id=lead,
+                source=draw(maybe(SOURCES)),
+                segment=draw(maybe(SEGMENTS)),
+                rep_id=draw(maybe(REPS)),
+            )
         for _ in range(draw(st.integers(0, 2))):
             emit("lead.qualified", lead_id=lead)
 
     for deal in DEALS:
         if draw(st.integers(0, 3)) > 0:
-            emit("deal.created", deal_id=deal, rep_id=draw(st.sampled_from(REPS)), amount=draw(amounts),
-                 currency=draw(currencies), lead_id=draw(maybe(LEADS)), stage=draw(maybe(STAGES)))
+            emit(
+                "deal.created",
+                deal_id=deal,
+                rep_id=draw(st.sampled_from(REPS)),
+                amount=draw(amounts),
+                currency=draw(currencies),
+                lead_id=draw(maybe(LEADS)),
+                stage=draw(maybe(STAGES)),
+            )
         for _ in range(draw(st.integers(0, 3))):
             priced = draw(st.booleans())
-            emit("deal.stage_changed", deal_id=deal, to_stage=draw(st.sampled_from(STAGES)),
-                 from_stage=draw(maybe(STAGES)), rep_id=draw(maybe(REPS)),
-                 amount=draw(amounts) if priced else None, currency=draw(currencies) if priced else None)
+            emit(
+                "deal.stage_changed",
+                deal_id=deal,
+                to_stage=draw(st.sampled_from(STAGES)),
+                from_stage=draw(maybe(STAGES)),
+                rep_id=draw(maybe(REPS)),
+                amount=draw(amounts) if priced else None,
+                currency=draw(currencies) if priced else None,
+            )
         outcome = draw(st.sampled_from(("open", "won", "won", "lost")))
         if outcome == "won":
-            emit("deal.won", deal_id=deal, customer_id=draw(st.sampled_from(CUSTOMERS)),
-                 rep_id=draw(st.sampled_from(REPS)), amount=draw(amounts), currency=draw(currencies),
-                 lead_id=draw(maybe(LEADS)))
+            emit(
+                "deal.won",
+                deal_id=deal,
+                customer_id=draw(st.sampled_from(CUSTOMERS)),
+                rep_id=draw(st.sampled_from(REPS)),
+                amount=draw(amounts),
+                currency=draw(currencies),
+                lead_id=draw(maybe(LEADS)),
+            )
         elif outcome == "lost":
-            emit("deal.lost", deal_id=deal, rep_id=draw(st.sampled_from(REPS)), lead_id=draw(maybe(LEADS)),
-                 reason=draw(st.sampled_from((None, "price", "timing"))))
+            emit(
+                "deal.lost",
+                deal_id=deal,
+                rep_id=draw(st.sampled_from(REPS)),
+                lead_id=draw(maybe(LEADS)),
+                reason=draw(st.sampled_from((None, "price", "timing"))),
+            )
 
     for _ in range(draw(st.integers(0, 3))):
         emit("customer.churned", customer_id=draw(st.sampled_from(CUSTOMERS)))
     for _ in range(draw(st.integers(0, 4))):
-        emit("spend.recorded", amount=draw(amounts), currency=draw(currencies),
-             category=draw(st.sampled_from(("marketing", "sales"))), source=draw(maybe(SOURCES)))
+        emit(
+            "spend.recorded",
+            amount=draw(amounts),
+            currency=draw(currencies),
+            category=draw(st.sampled_from(("marketing", "sales"))),
+            source=draw(maybe(SOURCES)),
+        )
     for _ in range(draw(st.integers(0, 4))):
-        emit("revenue.recorded", customer_id=draw(st.sampled_from(CUSTOMERS)), amount=draw(amounts),
-             currency=draw(currencies),
-             gross_margin=draw(st.one_of(st.none(), st.integers(0, 100).map(lambda p: p / 100))))
+        emit(
+            "revenue.recorded",
+            customer_id=draw(st.sampled_from(CUSTOMERS)),
+            amount=draw(amounts),
+            currency=draw(currencies),
+            gross_margin=draw(st.one_of(st.none(), st.integers(0, 100).map(lambda p: p / 100))),
+        )
     for _ in range(draw(st.integers(0, 5))):
         kind = draw(st.sampled_from(("nps", "csat")))
         score = draw(st.integers(0, 10) if kind == "nps" else st.integers(1, 5))
@@ -152,16 +197,22 @@ def deliveries(draw: st.DrawFn, events: list[Event]) -> list[list[Event]]:
     return batches
 
 
-async def apply_and_read(open_store: StoreOpener, settings_: Settings, batches: list[list[Event]],
-                         as_of: datetime) -> tuple[dict[str, Any], list[ApplyResult]]:
+async def apply_and_read(
+    open_store: StoreOpener, settings_: Settings, batches: list[list[Event]], as_of: datetime
+) -> tuple[dict[str, Any], list[ApplyResult]]:
     # namespace_family deletes every example's keys at the end of the test
     async with open_store(settings_, clear=False) as store:
         results = [await store.apply(batch) for batch in batches]
         return await KpiReader(store, settings_).document(as_of), results
 
 
-def check(open_store: StoreOpener, settings_: Settings, events: list[Event], batches: list[list[Event]],
-          as_of: datetime) -> None:
+def check(
+    open_store: StoreOpener,
+    settings_: Settings,
+    events: list[Event],
+    batches: list[list[Event]],
+    as_of: datetime,
+) -> None:
     document, results = asyncio.run(apply_and_read(open_store, settings_, batches, as_of))
     delivered = [e for batch in batches for e in batch]
     assert [r.rejected for r in results if r.rejected] == []
@@ -172,8 +223,9 @@ def check(open_store: StoreOpener, settings_: Settings, events: list[Event], bat
 
 @settings(PROPERTY, max_examples=250)
 @given(data=st.data())
-def test_any_delivery_reads_as_the_reference(data: st.DataObject, namespace_family: SettingsFactory,
-                                             open_store: StoreOpener) -> None:
+def test_any_delivery_reads_as_the_reference(
+    data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings_ = namespace_family(currency_rates=RATES, default_gross_margin=0.6)
     events = data.draw(crm_events(AS_OF, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
@@ -189,8 +241,9 @@ BERLIN_AS_OFS = (
 
 @settings(PROPERTY, max_examples=120)
 @given(data=st.data())
-def test_any_delivery_in_a_dst_timezone(data: st.DataObject, namespace_family: SettingsFactory,
-                                        open_store: StoreOpener) -> None:
+def test_any_delivery_in_a_dst_timezone(
+    data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
+) -> None:
     settings_ = namespace_family(timezone="Europe/Berlin", currency_rates=RATES)
     as_of = data.draw(st.sampled_from(BERLIN_AS_OFS), label="as_of")
     events = data.draw(crm_events(as_of, settings_.tz), label="events")
@@ -200,8 +253,9 @@ def test_any_delivery_in_a_dst_timezone(data: st.DataObject, namespace_family: S
 
 @settings(PROPERTY, max_examples=120)
 @given(data=st.data())
-def test_reading_later_as_of(data: st.DataObject, namespace_family: SettingsFactory,
-                             open_store: StoreOpener) -> None:
+def test_reading_later_as_of(
+    data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
+) -> None:
     """Reading well after the newest event: windows slide over the same buckets."""
     settings_ = namespace_family(currency_rates=RATES)
     events = data.draw(crm_events(AS_OF, settings_.tz), label="events")

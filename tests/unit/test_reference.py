@@ -36,10 +36,16 @@ def approx(value: float) -> Any:
 
 
 FUNNEL = [
-    E("lead.created", "e01", "2026-03-20T09:00:00Z", lead_id="L1", source="web", segment="smb",
-      rep_id="alice"),
-    E("lead.created", "e02", "2026-03-20T10:00:00Z", lead_id="L2", source="ads", segment="ent",
-      rep_id="bob"),
+    E(
+        "lead.created",
+        "e01",
+        "2026-03-20T09:00:00Z",
+        lead_id="L1",
+        source="web",
+        segment="smb",
+        rep_id="alice",
+    ),
+    E("lead.created", "e02", "2026-03-20T10:00:00Z", lead_id="L2", source="ads", segment="ent", rep_id="bob"),
     E("lead.created", "e03", "2026-03-21T10:00:00Z", lead_id="L3", source="web", segment="smb"),
     E("lead.qualified", "e04", "2026-03-22T10:00:00Z", lead_id="L1"),
     E("lead.qualified", "e05", "2026-03-23T10:00:00Z", lead_id="L1"),  # not the first: no count
@@ -68,10 +74,17 @@ def test_funnel_of_three_leads_totals() -> None:
     assert total["new_customers"] == 1
     assert total["sales_cycle_days"] == 6.5
     assert total["stage_entries"] == {
-        "prospecting": 2, "qualification": 0, "proposal": 1, "negotiation": 0, "won": 1,
+        "prospecting": 2,
+        "qualification": 0,
+        "proposal": 1,
+        "negotiation": 0,
+        "won": 1,
     }
     assert total["stage_conversion_rate"] == {
-        "prospecting": 0.0, "qualification": None, "proposal": 0.0, "negotiation": None,
+        "prospecting": 0.0,
+        "qualification": None,
+        "proposal": 0.0,
+        "negotiation": None,
     }
 
 
@@ -124,8 +137,18 @@ def test_won_deal_takes_source_from_the_lead_of_its_creation() -> None:
 
 
 def test_won_deal_with_a_lead_that_never_sent_lead_created() -> None:
-    events = [E("deal.won", "w", "2026-03-30T00:00:00Z", deal_id="D", customer_id="C", rep_id="r",
-                amount=1, lead_id="ghost")]
+    events = [
+        E(
+            "deal.won",
+            "w",
+            "2026-03-30T00:00:00Z",
+            deal_id="D",
+            customer_id="C",
+            rep_id="r",
+            amount=1,
+            lead_id="ghost",
+        )
+    ]
     total = doc(events)["windows"]["7d"]["total"]
     assert total["lead_conversions"] == 1
     assert total["leads"] == 0 and total["conversion_rate"] is None
@@ -149,8 +172,16 @@ def test_own_lead_id_beats_the_created_lead() -> None:
         E("lead.created", "l1", "2026-03-20T00:00:00Z", lead_id="L1", source="web"),
         E("lead.created", "l2", "2026-03-20T00:00:00Z", lead_id="L2", source="ads"),
         E("deal.created", "c", "2026-03-21T00:00:00Z", deal_id="D", rep_id="r", amount=1, lead_id="L1"),
-        E("deal.won", "w", "2026-03-22T00:00:00Z", deal_id="D", customer_id="C", rep_id="r", amount=1,
-          lead_id="L2"),
+        E(
+            "deal.won",
+            "w",
+            "2026-03-22T00:00:00Z",
+            deal_id="D",
+            customer_id="C",
+            rep_id="r",
+            amount=1,
+            lead_id="L2",
+        ),
     ]
     window = doc(events)["windows"]["30d"]
     assert window["by_source"]["web"]["deals_created"] == 1
@@ -164,10 +195,26 @@ def test_own_lead_id_beats_the_created_lead() -> None:
 def test_lead_converts_once_at_its_earliest_win() -> None:
     events = [
         E("lead.created", "l", "2026-02-01T00:00:00Z", lead_id="L"),
-        E("deal.won", "w1", "2026-03-30T00:00:00Z", deal_id="D1", customer_id="C", rep_id="r", amount=1,
-          lead_id="L"),
-        E("deal.won", "w2", "2026-03-10T00:00:00Z", deal_id="D2", customer_id="C2", rep_id="r", amount=1,
-          lead_id="L"),
+        E(
+            "deal.won",
+            "w1",
+            "2026-03-30T00:00:00Z",
+            deal_id="D1",
+            customer_id="C",
+            rep_id="r",
+            amount=1,
+            lead_id="L",
+        ),
+        E(
+            "deal.won",
+            "w2",
+            "2026-03-10T00:00:00Z",
+            deal_id="D2",
+            customer_id="C2",
+            rep_id="r",
+            amount=1,
+            lead_id="L",
+        ),
     ]
     windows = doc(events)["windows"]
     assert windows["7d"]["total"]["lead_conversions"] == 0
@@ -190,8 +237,16 @@ def test_new_customer_follows_the_first_win() -> None:
     events = [
         E("lead.created", "l", "2026-03-01T00:00:00Z", lead_id="L", source="web"),
         E("deal.won", "w1", "2026-03-30T00:00:00Z", deal_id="D1", customer_id="C", rep_id="bob", amount=1),
-        E("deal.won", "w2", "2026-03-29T00:00:00Z", deal_id="D2", customer_id="C", rep_id="alice", amount=1,
-          lead_id="L"),
+        E(
+            "deal.won",
+            "w2",
+            "2026-03-29T00:00:00Z",
+            deal_id="D2",
+            customer_id="C",
+            rep_id="alice",
+            amount=1,
+            lead_id="L",
+        ),
     ]
     window = doc(events)["windows"]["7d"]
     assert window["by_rep"]["alice"]["new_customers"] == 1
@@ -248,12 +303,21 @@ def test_latest_amount_may_come_from_creation() -> None:
 @pytest.mark.parametrize(
     ("window", "inside", "outside"),
     [
-        ("1h", ["2026-03-31T11:35:00Z", "2026-03-31T12:34:59.999999Z"],
-         ["2026-03-31T11:34:59.999999Z", "2026-03-31T12:35:00Z"]),
-        ("24h", ["2026-03-30T13:00:00Z", "2026-03-31T12:59:59Z"],
-         ["2026-03-30T12:59:59Z", "2026-03-31T13:00:00Z"]),
-        ("7d", ["2026-03-25T00:00:00Z", "2026-03-31T23:59:59Z"],
-         ["2026-03-24T23:59:59Z", "2026-04-01T00:00:00Z"]),
+        (
+            "1h",
+            ["2026-03-31T11:35:00Z", "2026-03-31T12:34:59.999999Z"],
+            ["2026-03-31T11:34:59.999999Z", "2026-03-31T12:35:00Z"],
+        ),
+        (
+            "24h",
+            ["2026-03-30T13:00:00Z", "2026-03-31T12:59:59Z"],
+            ["2026-03-30T12:59:59Z", "2026-03-31T13:00:00Z"],
+        ),
+        (
+            "7d",
+            ["2026-03-25T00:00:00Z", "2026-03-31T23:59:59Z"],
+            ["2026-03-24T23:59:59Z", "2026-04-01T00:00:00Z"],
+        ),
         ("30d", ["2026-03-02T00:00:00Z"], ["2026-03-01T23:59:59Z"]),
         ("90d", ["2026-01-01T00:00:00Z"], ["2025-12-31T23:59:59Z"]),
     ],

@@ -9,7 +9,6 @@ restart, so callers re-create their topics (``streams.topics.ensure_topics``) af
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -18,18 +17,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Self
 
 import structlog
 
+from streams.childproc import die_with_parent
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_KAFKA_PORT = 9092
 _STOP_GRACE_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 class BrokerStartError(RuntimeError):
@@ -138,23 +137,6 @@ def _port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """Linux: a ``preexec_fn`` that makes the kernel SIGTERM the child when the thread that started it
-    dies (e.g. a SIGKILLed test run), so no orphaned Tansu outlives its owner. ``prctl`` is looked up
-    here, in the parent, so the child runs no more than one foreign call between fork and exec."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:  # pragma: no cover - runs in the child
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-    return hook
-
-
 class EmbeddedBroker:
     """Tansu on ``host:port`` (a free port when ``port`` is None) as a child in its own session.
 
@@ -239,7 +221,7 @@ class EmbeddedBroker:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: a terminal's Ctrl-C is ours to forward
-            preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
+            preexec_fn=die_with_parent(signal.SIGTERM) if self._die_with_parent else None,
         )
         deadline = started + self._start_timeout
         while True:

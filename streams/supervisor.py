@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 import structlog
 from aiokafka.errors import KafkaError
 
+from streams.childproc import die_with_parent
 from streams.topics import ensure_topics
 
 log = structlog.get_logger(__name__)
@@ -40,23 +39,6 @@ RESTART_MIN_SECONDS = 0.5
 RESTART_MAX_SECONDS = 30.0
 HEALTHY_RUN_SECONDS = 60.0  # a child that ran this long restarts without backoff
 STOP_GRACE_SECONDS = 30.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _kill_with_parent() -> Callable[[], None] | None:
-    """Linux: a ``preexec_fn`` so the kernel SIGKILLs the child when we die. Looked up here, in the
-    parent, so that the child runs one foreign call between fork and exec."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:  # pragma: no cover - runs in the child
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-    return hook
 
 
 class Supervisor:
@@ -93,7 +75,7 @@ class Supervisor:
             self._argv,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_kill_with_parent(),
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         log.info("supervisor.worker_started", pid=self._child.pid)
         if self._stop.is_set():  # a signal arrived between the check and the spawn

@@ -133,7 +133,10 @@ def test_send_to_show_equals_replay_with_dead_letters(
     ws = namespaces(kafka_url=broker.url, topic=topic, consumer_group=unique("g"))
     rs = namespaces()
     stream = make_stream(ws, days=20, leads_per_day=30, seed=11)
-    created = next(orjson.loads(line) for line in stream.lines if b'"deal.created"' in line)
+    # A valid deal.created: the stream's bad lines include invalid copies of such events.
+    created = next(
+        orjson.loads(line) for line in stream.lines if b'"deal.created"' in line and line not in stream.bad
+    )
     conflict = orjson.dumps(dict(created, event_id="conflict-copy"))  # a second deal.created
     stream.lines.insert(stream.lines.index(orjson.dumps(created)) + 1, conflict)
     main = stream.write(tmp_path / "events.jsonl")

@@ -82,6 +82,12 @@ def parse_instant(value: str | None) -> datetime | None:
     return ts
 
 
+def _require_files(files: list[str]) -> None:
+    for name in files:
+        if name != "-" and not Path(name).is_file():
+            raise typer.BadParameter(f"no such file: {name}")
+
+
 def run_with_runtime(settings: Settings, body: Any) -> Any:
     async def main() -> Any:
         runtime = build_runtime(settings)
@@ -113,9 +119,7 @@ def replay(
     from kpi_app.replay import default_rejects_path
     from kpi_app.replay import replay as do_replay
 
-    for name in files:
-        if name != "-" and not Path(name).is_file():
-            raise typer.BadParameter(f"no such file: {name}")
+    _require_files(files)
     settings = load_settings(redis_url=redis_url, namespace=namespace)
     rejects_path = rejects or default_rejects_path(files)
 
@@ -282,9 +286,7 @@ def send(
     from kpi_app.replay import make_progress
     from streams.sender import send_files
 
-    for name in files:
-        if name != "-" and not Path(name).is_file():
-            raise typer.BadParameter(f"no such file: {name}")
+    _require_files(files)
     settings = load_settings(kafka_url=kafka_url, topic=topic, message_batch=batch)
     if not settings.kafka_url:
         raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
@@ -383,25 +385,14 @@ def demo(
     namespace: Annotated[str, typer.Option(help="key prefix of the demo (cleared at start)")] = "demo",
 ) -> None:
     """The live demo on the embedded default: broker, worker, simulator, wall page; Ctrl-C stops all."""
-    from streams.broker import free_port
+    from streams.broker import free_port, port_is_free
     from streams.demo import run_demo
 
     settings = load_settings(redis_url=redis_url, namespace=namespace)
-    http_port = port if port and _port_free(port) else free_port()
+    http_port = port if port and port_is_free("127.0.0.1", port) else free_port()
     raise typer.Exit(
         run_demo(settings, http_port=http_port, rate=rate, history_days=history_days, duration=duration)
     )
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def main() -> None:

@@ -127,7 +127,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -206,7 +206,7 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: str, port: int) -> None:
         self._reap()  # output file of a previous run that ended on its own
-        if not _port_is_free(self.host, port):
+        if not port_is_free(self.host, port):
             raise BrokerStartError(f"port {self.host}:{port} is already in use")
         self._port = port
         self._output = (
@@ -315,7 +315,7 @@ def run_broker_foreground(port: int | None = None, *, host: str = "127.0.0.1") -
     """
     binary = tansu_binary()
     port = port if port is not None else free_port(host)
-    if not _port_is_free(host, port):
+    if not port_is_free(host, port):
         print(f"port {host}:{port} is already in use", file=sys.stderr)
         return 1
     # Tansu's own output goes to stderr: stdout carries only the URL, for scripts.

@@ -1,8 +1,8 @@
 """The section-5 document: every window, every dimension and ``current``, read from buckets.
 
-One read is one pipelined round trip (60 minute + 24 hour + 90 day buckets, the
-lifetime totals and the current state); windows sharing a granularity are summed
-incrementally (7d, then 30d, then 90d over the same day buckets).
+One read is one read-only script call that sums the buckets inside Redis (60 minute +
+24 hour + 90 day buckets, the lifetime totals and the current state); windows sharing a
+granularity are summed incrementally (7d, then 30d, then 90d over the same day buckets).
 """
 
 from __future__ import annotations
@@ -37,16 +37,6 @@ def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[
     return total, dims
 
 
-def _add_into(acc: dict[bytes, int], fields: Mapping[bytes, bytes]) -> None:
-    get = acc.get
-    for k, v in fields.items():
-        acc[k] = get(k, 0) + int(v)
-
-
-def _decoded(fields: Mapping[bytes, int]) -> Counters:
-    return {k.decode(): v for k, v in fields.items()}
-
-
 def format_instant(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -61,35 +51,29 @@ class KpiReader:
         self._probabilities = {s.name: s.probability for s in settings.stage_list}
         self._currency = settings.currency
 
-    async def window_fields(self, as_of: datetime) -> tuple[dict[str, Counters], dict[str, int]]:
-        """Summed bucket fields per window name, and the raw current-state hash."""
-        plan: list[tuple[Window, list[str]]] = []
-        keys: list[str] = []
+    async def window_fields(self, as_of: datetime) -> tuple[dict[str, Counters], Counters]:
+        """Summed bucket fields per window name, and the current-state hash.
+
+        Windows of one granularity are nested (bucket lists newest first, each a prefix
+        of the longest), so each granularity is one group whose cuts are the windows'
+        lengths; Redis sums them in one script call.
+        """
+        by_granularity: dict[str, list[Window]] = {}
         for window in WINDOWS:
-            if window.granularity is None:
-                names = ["all"]
+            by_granularity.setdefault(window.granularity or "all", []).append(window)
+        groups: list[tuple[list[str], list[int]]] = []
+        order: list[str] = []
+        for gran, windows in by_granularity.items():
+            if gran == "all":
+                groups.append((["all"], [1]))
             else:
-                names = [
-                    f"{window.granularity}:{start}" for start in self._clock.window_buckets(window, as_of)
-                ]
-            plan.append((window, names))
-            keys.extend(n for n in names if n not in keys)
-        keys.append("cur")
-        replies = dict(zip(keys, await self._store.read_hashes(keys), strict=True))
-        out: dict[str, Counters] = {}
-        # Windows of one granularity are nested (newest bucket first), so sum each once.
-        running: dict[str, tuple[int, dict[bytes, int]]] = {}
-        for window, names in plan:
-            gran = window.granularity or "all"
-            done, acc = running.get(gran, (0, {}))
-            acc = dict(acc)
-            for name in names[done:]:
-                _add_into(acc, replies[name])
-            running[gran] = (len(names), acc)
-            out[window.name] = _decoded(acc)
-        cur: dict[bytes, int] = {}
-        _add_into(cur, replies["cur"])
-        return out, _decoded(cur)
+                longest = max(windows, key=lambda w: w.buckets)
+                starts = self._clock.window_buckets(longest, as_of)
+                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in windows]))
+            order.extend(w.name for w in windows)
+        groups.append((["cur"], [1]))
+        sums = await self._store.sum_windows(groups)
+        return dict(zip(order, sums[:-1], strict=True)), sums[-1]
 
     def current(self, cur: Mapping[str, int]) -> dict[str, Any]:
         by_stage: dict[str, dict[str, Any]] = {}

@@ -33,6 +33,7 @@ from kpi_state.settings import Settings
 from kpi_state.windows import LONGEST_BUCKETS, NOMINAL_SECONDS, BucketClock, epoch_micros
 
 APPLY_SCRIPT = resources.files("kpi_state").joinpath("lua/apply.lua").read_text(encoding="utf-8")
+SUM_SCRIPT = resources.files("kpi_state").joinpath("lua/sum_windows.lua").read_text(encoding="utf-8")
 
 # Largest amount accepted per event: micro-units must stay exact in Lua's doubles (2^53).
 MAX_AMOUNT = 1e9
@@ -185,6 +186,7 @@ class KpiStore:
         self.prefix = f"{settings.namespace}:"
         self._facts = FactBuilder(settings)
         self._script = client.register_script(APPLY_SCRIPT)
+        self._sum_script = client.register_script(SUM_SCRIPT)
         keep = {
             "m": settings.minute_bucket_margin_seconds,
             "h": settings.hour_bucket_margin_seconds,
@@ -270,17 +272,26 @@ class KpiStore:
         result.rejected.sort(key=lambda item: item[0])
         return result
 
-    async def read_hashes(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
-        """Raw HGETALL of several keys (names without the prefix) in one round trip.
+    async def sum_windows(
+        self, groups: Sequence[tuple[Sequence[str], Sequence[int]]]
+    ) -> list[dict[str, int]]:
+        """Summed bucket hashes, in one read-only script call (lua/sum_windows.lua).
 
-        Fields and values stay bytes: a scrape reads tens of thousands of fields, and
-        callers sum them before decoding anything.
+        Each group is (key names without the prefix, newest first; increasing cuts): the
+        result holds, per cut and in order, the field-wise sum of the group's first
+        ``cut`` hashes. Summing in Redis returns a few thousand fields instead of the
+        tens of thousands a scrape covers.
         """
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hgetall(self.prefix + key)
-            replies: list[dict[bytes, bytes]] = await pipe.execute()
-        return replies
+        keys: list[str] = []
+        args: list[int] = [len(groups)]
+        for names, cuts in groups:
+            if list(cuts) != sorted(cuts) or (cuts and cuts[-1] != len(names)):
+                raise ValueError(f"cuts {list(cuts)} must increase up to the group size {len(names)}")
+            keys.extend(self.prefix + name for name in names)
+            args.append(len(cuts))
+            args.extend(cuts)
+        replies = await self._sum_script(keys=keys, args=args)
+        return [{_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in replies]
 
     async def offsets(self) -> dict[str, int]:
         raw = await self._redis.hgetall(self.prefix + "offsets")

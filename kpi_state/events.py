@@ -284,6 +284,14 @@ def rejection_from(error: ValidationError) -> Rejection:
     return Rejection(reason, field, first["msg"])
 
 
+def message_element(raw: bytes, index: int | None) -> bytes:
+    """The bytes that stand for element ``index`` of a message (``EventParser.parse_message``):
+    the message itself when ``index`` is None, else that array element re-serialised."""
+    if index is None:
+        return raw
+    return orjson.dumps(orjson.loads(raw)[index])
+
+
 class EventParser:
     """Validation of raw inputs against DESIGN section 2 and the configuration."""
 
@@ -315,22 +323,23 @@ class EventParser:
             return Rejection("invalid_json", None, str(exc))
         return self.parse_object(obj, now)
 
-    def parse_message(self, raw: bytes, now: datetime) -> Iterator[tuple[bytes, Event | Rejection]]:
+    def parse_message(self, raw: bytes, now: datetime) -> Iterator[tuple[int | None, Event | Rejection]]:
         """A topic message: one event or a JSON array of events, each validated on its own.
 
-        Yields the bytes that stand for each event (the message itself, or the
-        element re-serialised) so a dead letter carries what was sent.
+        Yields ``(index, outcome)``: the position in the array, or None for a single event or a
+        message that is not JSON. ``message_element`` gives the bytes that stand for it (for a
+        dead letter), so the valid majority is never re-serialised.
         """
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            yield raw, Rejection("invalid_json", None, str(exc))
+            yield None, Rejection("invalid_json", None, str(exc))
             return
         if isinstance(obj, list):
-            for item in obj:
-                yield orjson.dumps(item), self.parse_object(item, now)
+            for index, item in enumerate(obj):
+                yield index, self.parse_object(item, now)
         else:
-            yield raw, self.parse_object(obj, now)
+            yield None, self.parse_object(obj, now)
 
     def _check_config(self, event: Event, now: datetime) -> Event | Rejection:
         if event.occurred_at - now > self._skew:

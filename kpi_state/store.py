@@ -16,11 +16,11 @@ Key layout under the namespace prefix ``<ns>:`` (see lua/apply.lua for writes):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import orjson
@@ -117,65 +117,99 @@ class FactBuilder:
         return _micros(self._parser.amount_in_reporting(event.amount, event.currency))
 
     def fact(self, event: ev.Event) -> dict[str, Any]:
-        b = self._clock.bucket_ids(event.occurred_at)
+        micros = epoch_micros(event.occurred_at)
+        b = self._clock.bucket_ids(event.occurred_at, micros)
         f: dict[str, Any] = {
             "i": event.event_id,
             "y": _TYPE_CODES[event.type],
-            "t": epoch_micros(event.occurred_at),
+            "t": micros,
             "m": str(b.minute),
             "h": str(b.hour),
             "d": str(b.day),
         }
-        match event:
-            case ev.LeadCreated():
-                f.update(
-                    l=event.lead_id,
-                    r=event.rep_id or "unassigned",
-                    s=event.source or "unknown",
-                    g=event.segment or "unknown",
-                )
-            case ev.LeadQualified():
-                f["l"] = event.lead_id
-            case ev.DealCreated():
-                f.update(
-                    k=event.deal_id,
-                    r=event.rep_id,
-                    a=self._amount(event),
-                    st=event.stage or self._first_stage,
-                )
-                if event.lead_id is not None:
-                    f["l"] = event.lead_id
-            case ev.DealStageChanged():
-                f.update(k=event.deal_id, st=event.to_stage)
-                if event.rep_id is not None:
-                    f["r"] = event.rep_id
-                if event.amount is not None:
-                    f["a"] = self._amount(event)
-            case ev.DealWon():
-                f.update(k=event.deal_id, c=event.customer_id, r=event.rep_id, a=self._amount(event))
-                if event.lead_id is not None:
-                    f["l"] = event.lead_id
-            case ev.DealLost():
-                f.update(k=event.deal_id, r=event.rep_id)
-                if event.lead_id is not None:
-                    f["l"] = event.lead_id
-            case ev.SpendRecorded():
-                f.update(a=self._amount(event), cat=event.category, s=event.source or "unknown")
-            case ev.RevenueRecorded():
-                amount = self._parser.amount_in_reporting(event.amount, event.currency)
-                margin = self._margin if event.gross_margin is None else event.gross_margin
-                f.update(c=event.customer_id, a=_micros(amount), x=_micros(amount * margin))
-            case ev.CustomerChurned():
-                f["c"] = event.customer_id
-            case ev.SurveyAnswered():
-                f["kind"] = event.kind
-                if event.kind == "nps":
-                    f.update(p=event.score >= 9, q=event.score <= 6)
-                else:
-                    f["p"] = event.score >= 4
-        # apply.lua tests flags for truth; JSON false would be a true Lua value only as cjson.null,
-        # so drop false flags to keep "absent" and "false" the same.
-        return {k: v for k, v in f.items() if v is not False}
+        self._fields[type(event)](self, event, f)
+        return f
+
+    # Type-specific fields, dispatched on the exact class (a match over ten classes costs more
+    # per event than the rest of the fact). apply.lua tests flags for truth, so a false flag is
+    # left out rather than sent.
+
+    def _lead_created(self, e: ev.LeadCreated, f: dict[str, Any]) -> None:
+        f["l"] = e.lead_id
+        f["r"] = e.rep_id or "unassigned"
+        f["s"] = e.source or "unknown"
+        f["g"] = e.segment or "unknown"
+
+    def _lead_qualified(self, e: ev.LeadQualified, f: dict[str, Any]) -> None:
+        f["l"] = e.lead_id
+
+    def _deal_created(self, e: ev.DealCreated, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+        f["r"] = e.rep_id
+        f["a"] = self._amount(e)
+        f["st"] = e.stage or self._first_stage
+        if e.lead_id is not None:
+            f["l"] = e.lead_id
+
+    def _deal_stage_changed(self, e: ev.DealStageChanged, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+        f["st"] = e.to_stage
+        if e.rep_id is not None:
+            f["r"] = e.rep_id
+        if e.amount is not None:
+            f["a"] = self._amount(e)
+
+    def _deal_won(self, e: ev.DealWon, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+        f["c"] = e.customer_id
+        f["r"] = e.rep_id
+        f["a"] = self._amount(e)
+        if e.lead_id is not None:
+            f["l"] = e.lead_id
+
+    def _deal_lost(self, e: ev.DealLost, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+        f["r"] = e.rep_id
+        if e.lead_id is not None:
+            f["l"] = e.lead_id
+
+    def _spend_recorded(self, e: ev.SpendRecorded, f: dict[str, Any]) -> None:
+        f["a"] = self._amount(e)
+        f["cat"] = e.category
+        f["s"] = e.source or "unknown"
+
+    def _revenue_recorded(self, e: ev.RevenueRecorded, f: dict[str, Any]) -> None:
+        amount = self._parser.amount_in_reporting(e.amount, e.currency)
+        margin = self._margin if e.gross_margin is None else e.gross_margin
+        f["c"] = e.customer_id
+        f["a"] = _micros(amount)
+        f["x"] = _micros(amount * margin)
+
+    def _customer_churned(self, e: ev.CustomerChurned, f: dict[str, Any]) -> None:
+        f["c"] = e.customer_id
+
+    def _survey_answered(self, e: ev.SurveyAnswered, f: dict[str, Any]) -> None:
+        f["kind"] = e.kind
+        if e.kind == "nps":
+            if e.score >= 9:
+                f["p"] = True
+            if e.score <= 6:
+                f["q"] = True
+        elif e.score >= 4:
+            f["p"] = True
+
+    _fields: ClassVar[dict[type, Callable[[FactBuilder, Any, dict[str, Any]], None]]] = {
+        ev.LeadCreated: _lead_created,
+        ev.LeadQualified: _lead_qualified,
+        ev.DealCreated: _deal_created,
+        ev.DealStageChanged: _deal_stage_changed,
+        ev.DealWon: _deal_won,
+        ev.DealLost: _deal_lost,
+        ev.SpendRecorded: _spend_recorded,
+        ev.RevenueRecorded: _revenue_recorded,
+        ev.CustomerChurned: _customer_churned,
+        ev.SurveyAnswered: _survey_answered,
+    }
 
 
 class KpiStore:

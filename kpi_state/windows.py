@@ -79,8 +79,9 @@ class BucketClock:
         offset = 0 if self._utc else self._offset_seconds(ts)
         return secs - (secs + offset) % step
 
-    def bucket_ids(self, ts: datetime) -> BucketIds:
-        secs = epoch_micros(ts) // 1_000_000
+    def bucket_ids(self, ts: datetime, micros: int | None = None) -> BucketIds:
+        """Minute, hour and day bucket of ``ts`` (``micros``: ``epoch_micros(ts)`` if known)."""
+        secs = (epoch_micros(ts) if micros is None else micros) // 1_000_000
         if self._utc:
             day_start = secs - secs % 86400
             return BucketIds(secs - secs % 60, secs - secs % 3600, day_start)

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from redis.exceptions import RedisError
 
-from kpi_state.events import Event, EventParser, Rejection
+from kpi_state.events import Event, EventParser, Rejection, message_element
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.store import ApplyResult, SourcedEvent
 from streams.deadletters import DeadLetter, DeadLetterSink, conflict_field
@@ -72,8 +72,9 @@ class BatchFailed(RuntimeError):
 class ParsedMessage:
     message: SourceMessage
     wm_field: str  # the watermark field of the message's partition
-    events: list[tuple[int | None, bytes, Event]] = field(default_factory=list)
-    rejects: list[tuple[int | None, bytes, Rejection]] = field(default_factory=list)
+    # (index in the message's array or None, outcome); the dead-letter bytes are derived on demand.
+    events: list[tuple[int | None, Event]] = field(default_factory=list)
+    rejects: list[tuple[int | None, Rejection]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -87,15 +88,15 @@ class _Chunk:
 
     items: list[SourcedEvent] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
-    origins: list[tuple[ParsedMessage, int | None, bytes]] = field(default_factory=list)
+    origins: list[tuple[ParsedMessage, int | None]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
 
     def add(self, parsed: ParsedMessage) -> None:
         msg = parsed.message
-        for index, raw, event in parsed.events:
+        for index, event in parsed.events:
             self.items.append(SourcedEvent(event, parsed.wm_field, msg.offset))
             self.sent_at.append(msg.timestamp)
-            self.origins.append((parsed, index, raw))
+            self.origins.append((parsed, index))
         if msg.offset > self.marks.get(parsed.wm_field, NO_WATERMARK):
             self.marks[parsed.wm_field] = msg.offset
 
@@ -104,12 +105,10 @@ def _mark(stored: int | None) -> int:
     return NO_WATERMARK if stored is None else stored
 
 
-def _letter(
-    parsed: ParsedMessage, index: int | None, raw: bytes, rejection: Rejection, fld: str | None
-) -> DeadLetter:
+def _letter(parsed: ParsedMessage, index: int | None, rejection: Rejection, fld: str | None) -> DeadLetter:
     msg = parsed.message
     return DeadLetter(
-        value=raw,
+        value=message_element(msg.value or b"", index),
         key=msg.key,
         reason=rejection.reason,
         field=fld,
@@ -152,14 +151,11 @@ class BatchApplier:
 
     def _parse(self, msg: SourceMessage, fld: str, now: datetime) -> ParsedMessage:
         parsed = ParsedMessage(msg, fld)
-        value = msg.value or b""
-        is_array = value.lstrip()[:1] == b"["
-        for i, (raw, outcome) in enumerate(self._parser.parse_message(value, now)):
-            index = i if is_array else None
+        for index, outcome in self._parser.parse_message(msg.value or b"", now):
             if isinstance(outcome, Rejection):
-                parsed.rejects.append((None if outcome.reason == "invalid_json" else index, raw, outcome))
+                parsed.rejects.append((index, outcome))
             else:
-                parsed.events.append((index, raw, outcome))
+                parsed.events.append((index, outcome))
         return parsed
 
     def _chunks(self, fresh: Sequence[ParsedMessage]) -> Iterator[_Chunk]:
@@ -172,14 +168,27 @@ class BatchApplier:
         if chunk.marks:
             yield chunk
 
-    def parse(self, messages: Sequence[SourceMessage]) -> list[ParsedMessage]:
+    async def parse(self, messages: Sequence[SourceMessage]) -> list[ParsedMessage]:
         """The CPU part of a batch, done when it is taken (while Redis applies the one before).
 
-        Messages of partitions not in ``fields`` at this moment are left out.
+        Yields to the event loop after every ``batch_size`` events: a take() batch of 100-event
+        messages holds tens of thousands of events, and parsing them in one go would keep the
+        applier from sending its next script call for the whole time (Redis idle).
+        Messages of partitions not in ``fields`` when the call starts are left out.
         """
         now = datetime.now(UTC)
         fields = self.fields
-        parsed = [self._parse(m, fields[m.partition], now) for m in messages if m.partition in fields]
+        parsed: list[ParsedMessage] = []
+        since_yield = 0
+        for m in messages:
+            if m.partition not in fields:
+                continue
+            item = self._parse(m, fields[m.partition], now)
+            parsed.append(item)
+            since_yield += item.size
+            if since_yield >= self._batch_size:
+                since_yield = 0
+                await asyncio.sleep(0)
         if len(parsed) < len(messages):
             self._ignored = True
             log.info("worker.ignored_unassigned", messages=len(messages) - len(parsed))
@@ -233,7 +242,8 @@ class BatchApplier:
                 if running is not None:
                     refused += self._settled(await running[0], running[1])
                 running = (asyncio.ensure_future(session.execute(prepared)), chunk)
-                await asyncio.sleep(0)  # let it write the request before we prepare the next one
+                for _ in range(3):  # redis-py takes about three loop turns to write the request
+                    await asyncio.sleep(0)
             if running is not None:
                 refused += self._settled(await running[0], running[1])
                 running = None
@@ -256,9 +266,9 @@ class BatchApplier:
         skipped = sum(p.size for p in parsed) - sum(p.size for p in fresh)
         if skipped:
             self._ops.redelivered.inc(skipped)
-        letters = [_letter(p, index, raw, r, r.field) for p in fresh for index, raw, r in p.rejects]
+        letters = [_letter(p, index, r, r.field) for p in fresh for index, r in p.rejects]
         await self._sink.send(letters)
-        self._ops.record_rejections(p_r[2] for p in fresh for p_r in p.rejects)
+        self._ops.record_rejections(r for p in fresh for _, r in p.rejects)
 
     @staticmethod
     def _refused(chunk: _Chunk, result: ApplyResult) -> list[DeadLetter]:
@@ -266,7 +276,7 @@ class BatchApplier:
         ``OpMetrics.record_apply`` already counted them."""
         letters = []
         for pos, rejection in result.rejected:
-            parsed, index, raw = chunk.origins[pos]
+            parsed, index = chunk.origins[pos]
             fld = rejection.field or conflict_field(chunk.items[pos].event)
-            letters.append(_letter(parsed, index, raw, rejection, fld))
+            letters.append(_letter(parsed, index, rejection, fld))
         return letters

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kpi_state.events import DealCreated, EventParser, LeadCreated, Rejection, SurveyAnswered
+from kpi_state.events import DealCreated, EventParser, LeadCreated, Rejection, SurveyAnswered, message_element
 from kpi_state.settings import Settings
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
@@ -171,9 +171,16 @@ def test_message_batches_validate_each_event(parser: EventParser) -> None:
     raw = orjson.dumps([lead(), lead(event_id="e9", lead_id=None), "nope"])
     results = list(parser.parse_message(raw, NOW))
     assert [type(r).__name__ for _, r in results] == ["LeadCreated", "Rejection", "Rejection"]
-    assert orjson.loads(results[2][0]) == "nope"
-    single = list(parser.parse_message(orjson.dumps(lead()), NOW))
-    assert len(single) == 1 and isinstance(single[0][1], LeadCreated)
+    assert [i for i, _ in results] == [0, 1, 2]
+    assert orjson.loads(message_element(raw, 2)) == "nope"
+    assert orjson.loads(message_element(raw, 0)) == lead()
+    single_raw = orjson.dumps(lead())
+    single = list(parser.parse_message(single_raw, NOW))
+    assert len(single) == 1 and single[0][0] is None and isinstance(single[0][1], LeadCreated)
+    assert message_element(single_raw, None) == single_raw
+    broken = list(parser.parse_message(b"[{", NOW))
+    assert len(broken) == 1 and broken[0][0] is None
+    assert isinstance(broken[0][1], Rejection) and broken[0][1].reason == "invalid_json"
 
 
 def test_survey_scores(parser: EventParser) -> None:

@@ -1,6 +1,6 @@
 """One batch of topic messages -> validation -> dead letters -> atomic applies with offset watermarks.
 
-Contract the faust agent relies on: ``BatchApplier.apply(parse(messages))`` returns only once every
+Contract the faust agent relies on: ``BatchApplier.apply(select(messages))`` returns only once every
 message is accounted for -- its valid events applied (or skipped as duplicates or redeliveries)
 in Redis together with its partition's watermark, its invalid events acknowledged on the
 dead-letter topic. Only then may faust acknowledge the batch. Otherwise it raises
@@ -70,8 +70,12 @@ class BatchFailed(RuntimeError):
 
 @dataclass(slots=True)
 class ParsedMessage:
+    """A message of an assigned partition; parsed when its chunk is built (``BatchApplier``)."""
+
     message: SourceMessage
     wm_field: str  # the watermark field of the message's partition
+    parsed: bool = False
+    lettered: bool = False  # its invalid events are on the dead-letter topic (and counted)
     # (index in the message's array or None, outcome); the dead-letter bytes are derived on demand.
     events: list[tuple[int | None, Event]] = field(default_factory=list)
     rejects: list[tuple[int | None, Rejection]] = field(default_factory=list)
@@ -90,6 +94,8 @@ class _Chunk:
     sent_at: list[float] = field(default_factory=list)
     origins: list[tuple[ParsedMessage, int | None]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
+    # Messages of the chunk whose invalid events still have to reach the dead-letter topic.
+    unlettered: list[ParsedMessage] = field(default_factory=list)
 
     def add(self, parsed: ParsedMessage) -> None:
         msg = parsed.message
@@ -99,6 +105,8 @@ class _Chunk:
             self.origins.append((parsed, index))
         if msg.offset > self.marks.get(parsed.wm_field, NO_WATERMARK):
             self.marks[parsed.wm_field] = msg.offset
+        if parsed.rejects and not parsed.lettered:
+            self.unlettered.append(parsed)
 
 
 def _mark(stored: int | None) -> int:
@@ -149,60 +157,51 @@ class BatchApplier:
         self.fields: dict[int, str] = {}
         self._ignored = False
 
-    def _parse(self, msg: SourceMessage, fld: str, now: datetime) -> ParsedMessage:
-        parsed = ParsedMessage(msg, fld)
-        for index, outcome in self._parser.parse_message(msg.value or b"", now):
-            if isinstance(outcome, Rejection):
-                parsed.rejects.append((index, outcome))
-            else:
-                parsed.events.append((index, outcome))
+    def _parse(self, parsed: ParsedMessage, now: datetime) -> ParsedMessage:
+        """Validate a message's events once (retries reuse the result)."""
+        if not parsed.parsed:
+            for index, outcome in self._parser.parse_message(parsed.message.value or b"", now):
+                if isinstance(outcome, Rejection):
+                    parsed.rejects.append((index, outcome))
+                else:
+                    parsed.events.append((index, outcome))
+            parsed.parsed = True
         return parsed
 
-    def _chunks(self, fresh: Sequence[ParsedMessage]) -> Iterator[_Chunk]:
+    def _chunks(self, fresh: Sequence[ParsedMessage], now: datetime) -> Iterator[_Chunk]:
+        """Chunks of at least ``batch_size`` events (whole messages), parsed as they are built."""
         chunk = _Chunk()
         for parsed in fresh:
-            chunk.add(parsed)
+            chunk.add(self._parse(parsed, now))
             if len(chunk.items) >= self._batch_size:
                 yield chunk
                 chunk = _Chunk()
         if chunk.marks:
             yield chunk
 
-    async def parse(self, messages: Sequence[SourceMessage]) -> list[ParsedMessage]:
-        """The CPU part of a batch, done when it is taken (while Redis applies the one before).
+    def select(self, messages: Sequence[SourceMessage]) -> list[ParsedMessage]:
+        """A taken batch, minus the messages of partitions not in ``fields`` at this moment.
 
-        Yields to the event loop after every ``batch_size`` events: a take() batch of 100-event
-        messages holds tens of thousands of events, and parsing them in one go would keep the
-        applier from sending its next script call for the whole time (Redis idle).
-        Messages of partitions not in ``fields`` when the call starts are left out.
+        Nothing is parsed here: ``apply`` validates each chunk while Redis runs the one before,
+        so the CPU work of a batch overlaps the script calls instead of competing with them.
         """
-        now = datetime.now(UTC)
         fields = self.fields
-        parsed: list[ParsedMessage] = []
-        since_yield = 0
-        for m in messages:
-            if m.partition not in fields:
-                continue
-            item = self._parse(m, fields[m.partition], now)
-            parsed.append(item)
-            since_yield += item.size
-            if since_yield >= self._batch_size:
-                since_yield = 0
-                await asyncio.sleep(0)
-        if len(parsed) < len(messages):
+        selected = [ParsedMessage(m, fields[m.partition]) for m in messages if m.partition in fields]
+        if len(selected) < len(messages):
             self._ignored = True
-            log.info("worker.ignored_unassigned", messages=len(messages) - len(parsed))
-        return parsed
+            log.info("worker.ignored_unassigned", messages=len(messages) - len(selected))
+        return selected
 
     def ignored_since_assignment(self) -> bool:
         """Whether messages were left out since the last call (and reset the flag)."""
         ignored, self._ignored = self._ignored, False
         return ignored
 
-    async def apply(self, parsed: Sequence[ParsedMessage]) -> None:
-        """Apply a parsed batch (see the module contract); batches must come in the order taken."""
-        if not parsed:
+    async def apply(self, batch: Sequence[ParsedMessage]) -> None:
+        """Apply a selected batch (see the module contract); batches must come in the order taken."""
+        if not batch:
             return
+        now = datetime.now(UTC)  # one "now" per batch: a retry validates nothing differently
         deadline = time.monotonic() + self._budget
         delay = 0.05
         first = True
@@ -211,15 +210,15 @@ class BatchApplier:
             try:
                 async with self._pinned as session:
                     known = self._ledger.snapshot()
-                    stored = await session.watermarks({p.wm_field for p in parsed})
+                    stored = await session.watermarks({p.wm_field for p in batch})
                     lost = WatermarkLedger.lost(known, stored)
                     if lost:
                         raise WatermarkLost(lost)
-                    fresh = [p for p in parsed if p.message.offset > _mark(stored[p.wm_field])]
+                    fresh = [p for p in batch if p.message.offset > _mark(stored[p.wm_field])]
                     if first:
-                        await self._dead_letter_invalid(parsed, fresh)
+                        self._count_redelivered(batch, fresh, now)
                         first = False
-                    conflicts += await self._apply_chunks(session, fresh)
+                    conflicts += await self._apply_chunks(session, fresh, now)
                 await self._sink.send(conflicts)
                 self._on_health(True)
                 return
@@ -231,14 +230,19 @@ class BatchApplier:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _apply_chunks(self, session: PinnedRedis, fresh: Sequence[ParsedMessage]) -> list[DeadLetter]:
-        """One script call per chunk, in order; the next chunk is prepared while Redis runs the
-        current one. A chunk is only sent once the one before it succeeded."""
+    async def _apply_chunks(
+        self, session: PinnedRedis, fresh: Sequence[ParsedMessage], now: datetime
+    ) -> list[DeadLetter]:
+        """One script call per chunk, in order; the next chunk is parsed and prepared while Redis
+        runs the current one, and its invalid events are dead-lettered (acknowledged by the
+        broker) before its script call. A chunk is only sent once the one before it succeeded."""
         refused: list[DeadLetter] = []
         running: tuple[asyncio.Future[ApplyResult], _Chunk] | None = None
         try:
-            for chunk in self._chunks(fresh):
+            for chunk in self._chunks(fresh, now):
                 prepared = session.prepare(chunk.items, chunk.marks)
+                if chunk.unlettered:
+                    await self._dead_letter_invalid(chunk.unlettered)
                 if running is not None:
                     refused += self._settled(await running[0], running[1])
                 running = (asyncio.ensure_future(session.execute(prepared)), chunk)
@@ -259,16 +263,26 @@ class BatchApplier:
         self._ops.record_apply(result, chunk.items, time.time(), chunk.sent_at)
         return self._refused(chunk, result)
 
-    async def _dead_letter_invalid(
-        self, parsed: Sequence[ParsedMessage], fresh: Sequence[ParsedMessage]
+    def _count_redelivered(
+        self, batch: Sequence[ParsedMessage], fresh: Sequence[ParsedMessage], now: datetime
     ) -> None:
-        """Once per batch: count what the watermark skips, dead-letter the invalid events of the rest."""
-        skipped = sum(p.size for p in parsed) - sum(p.size for p in fresh)
+        """Once per batch: count the events of the messages the watermark skips (parsed only to
+        be counted: they were applied and dead-lettered when first delivered)."""
+        if len(fresh) == len(batch):
+            return
+        applying = {id(p) for p in fresh}
+        skipped = sum(self._parse(p, now).size for p in batch if id(p) not in applying)
         if skipped:
             self._ops.redelivered.inc(skipped)
-        letters = [_letter(p, index, r, r.field) for p in fresh for index, r in p.rejects]
+
+    async def _dead_letter_invalid(self, messages: Sequence[ParsedMessage]) -> None:
+        """Send the invalid events of ``messages`` and wait for the broker; only then are they
+        marked (a retry of the batch does not send them twice) and counted."""
+        letters = [_letter(p, index, r, r.field) for p in messages for index, r in p.rejects]
         await self._sink.send(letters)
-        self._ops.record_rejections(r for p in fresh for _, r in p.rejects)
+        for p in messages:
+            p.lettered = True
+        self._ops.record_rejections(r for p in messages for _, r in p.rejects)
 
     @staticmethod
     def _refused(chunk: _Chunk, result: ApplyResult) -> list[DeadLetter]:

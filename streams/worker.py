@@ -159,10 +159,10 @@ class KpiWorker:
         try:
             async for events in stream.noack_take(TAKE_MAX_MESSAGES, within=TAKE_WITHIN_SECONDS):
                 try:
-                    parsed = await self.applier.parse([_message(e) for e in events])
+                    selected = self.applier.select([_message(e) for e in events])
                 except Exception as exc:  # a bug: do not let faust see the batch go by
-                    hard_exit(EXIT_BATCH_FAILED, "worker.parse_failed", error=repr(exc))
-                await queue.put((list(events), parsed))
+                    hard_exit(EXIT_BATCH_FAILED, "worker.select_failed", error=repr(exc))
+                await queue.put((list(events), selected))
         finally:
             applying.cancel()  # queued batches stay unacknowledged: they are read again
 

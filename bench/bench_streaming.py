@@ -791,6 +791,33 @@ def _caveats(*results: dict[str, Any]) -> str:
     return f" [{'; '.join(notes)}]" if notes else ""
 
 
+def cost_model(result: dict[str, Any], cores: int) -> dict[str, Any] | None:
+    """CPU per applied event (microseconds) of a throughput run, by process, and the ceilings it
+    implies on this machine: Redis runs every script on one core, and the workers, Redis, the
+    broker and the producer share ``cores``.
+
+    ``one_worker_ceiling``: one worker whose CPU fully overlaps Redis's, 1 / max(worker, redis);
+    ``two_worker_ceiling``: min(1 / redis, cores / (2 workers' + redis + rest per event)), where
+    a second worker adds no per-event cost, only a second core's worth of worker time.
+    """
+    cpu, rate = result.get("cpu"), result.get("events_per_s")
+    if not cpu or not rate:
+        return None
+
+    def per_event(share: float) -> float:
+        return share * cores / rate * 1e6
+
+    worker, redis = per_event(cpu["workers"]), per_event(cpu["redis"])
+    rest = per_event(cpu["broker"] + cpu["runner"] + cpu["other"])
+    return {
+        "worker_us_per_event": round(worker, 1),
+        "redis_us_per_event": round(redis, 1),
+        "rest_us_per_event": round(rest, 1),
+        "one_worker_ceiling_events_per_s": round(1e6 / max(worker, redis)),
+        "two_worker_ceiling_events_per_s": round(min(1e6 / redis, cores * 1e6 / (worker + redis + rest))),
+    }
+
+
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
@@ -872,11 +899,13 @@ class Phases:
         one = await self.bench.worker_throughput("w1-live", 1, batched, per_message)
         two = await self.bench.worker_throughput("w2-live", 2, batched, per_message)
         ratio = (two["events_per_s"] or 0) / max(one["events_per_s"] or 1, 1)
+        cost = cost_model(one, os.cpu_count() or 1)
         self.report["two_workers"] = {
             "one_worker": one,
             "two_workers": two,
             "ratio": round(ratio, 3),
             "target_ratio": TARGET_TWO_WORKERS,
+            "cost_model_one_worker": cost,
         }
         self.verdicts.append(
             f"two workers {per_message} events/msg: {_rate(two['events_per_s'])} ev/s = {ratio:.2f}x "
@@ -884,6 +913,15 @@ class Phases:
             f"group settled) (target >= {TARGET_TWO_WORKERS}x): {_ok(ratio >= TARGET_TWO_WORKERS)}"
             f"{_caveats(one, two)}"
         )
+        if cost is not None:
+            ceiling = cost["two_worker_ceiling_events_per_s"] / max(one["events_per_s"] or 1, 1)
+            w, r, rest = cost["worker_us_per_event"], cost["redis_us_per_event"], cost["rest_us_per_event"]
+            self.verdicts.append(
+                f"cost per event (one worker, {per_message} events/msg): worker {w} us, Redis {r} us, "
+                f"broker and the rest {rest} us of CPU; ceilings on {os.cpu_count()} cores: one worker "
+                f"{cost['one_worker_ceiling_events_per_s']:,} ev/s, two workers "
+                f"{cost['two_worker_ceiling_events_per_s']:,} ev/s = {ceiling:.2f}x one worker"
+            )
 
     async def freshness(
         self, pool: Sequence[dict[str, Any]], rate: float, seconds: float, probe_every: float

@@ -9,7 +9,7 @@ future-skew clock) are checked after the model, in the parser.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -284,12 +284,20 @@ def rejection_from(error: ValidationError) -> Rejection:
     return Rejection(reason, field, first["msg"])
 
 
-def message_element(raw: bytes, index: int | None) -> bytes:
-    """The bytes that stand for element ``index`` of a message (``EventParser.parse_message``):
-    the message itself when ``index`` is None, else that array element re-serialised."""
-    if index is None:
-        return raw
-    return orjson.dumps(orjson.loads(raw)[index])
+def message_elements(raw: bytes, indices: Iterable[int | None]) -> list[bytes]:
+    """The bytes that stand for each element ``index`` of a message (``EventParser.parse_message``):
+    the message itself for None, else that array element re-serialised. The message is decoded
+    at most once, however many elements are asked for."""
+    items: list[Any] | None = None
+    out: list[bytes] = []
+    for index in indices:
+        if index is None:
+            out.append(raw)
+            continue
+        if items is None:
+            items = orjson.loads(raw)
+        out.append(orjson.dumps(items[index]))
+    return out
 
 
 class EventParser:
@@ -327,7 +335,7 @@ class EventParser:
         """A topic message: one event or a JSON array of events, each validated on its own.
 
         Yields ``(index, outcome)``: the position in the array, or None for a single event or a
-        message that is not JSON. ``message_element`` gives the bytes that stand for it (for a
+        message that is not JSON. ``message_elements`` gives the bytes that stand for it (for a
         dead letter), so the valid majority is never re-serialised.
         """
         try:

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from redis.exceptions import RedisError
 
-from kpi_state.events import Event, EventParser, Rejection, message_element
+from kpi_state.events import Event, EventParser, Rejection, message_elements
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.store import ApplyResult, SourcedEvent
 from streams.deadletters import DeadLetter, DeadLetterSink, conflict_field
@@ -113,20 +113,27 @@ def _mark(stored: int | None) -> int:
     return NO_WATERMARK if stored is None else stored
 
 
-def _letter(parsed: ParsedMessage, index: int | None, rejection: Rejection, fld: str | None) -> DeadLetter:
+def _letters(
+    parsed: ParsedMessage, faults: Sequence[tuple[int | None, Rejection, str | None]]
+) -> list[DeadLetter]:
+    """Dead letters for ``(index, rejection, field)`` faults of one message (decoded once)."""
     msg = parsed.message
-    return DeadLetter(
-        value=message_element(msg.value or b"", index),
-        key=msg.key,
-        reason=rejection.reason,
-        field=fld,
-        detail=rejection.detail,
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        index=index,
-        timestamp=msg.timestamp,
-    )
+    values = message_elements(msg.value or b"", [index for index, _, _ in faults])
+    return [
+        DeadLetter(
+            value=value,
+            key=msg.key,
+            reason=rejection.reason,
+            field=fld,
+            detail=rejection.detail,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            index=index,
+            timestamp=msg.timestamp,
+        )
+        for value, (index, rejection, fld) in zip(values, faults, strict=True)
+    ]
 
 
 class BatchApplier:
@@ -214,9 +221,12 @@ class BatchApplier:
                     lost = WatermarkLedger.lost(known, stored)
                     if lost:
                         raise WatermarkLost(lost)
-                    fresh = [p for p in batch if p.message.offset > _mark(stored[p.wm_field])]
+                    fresh: list[ParsedMessage] = []
+                    skipped: list[ParsedMessage] = []
+                    for p in batch:
+                        (fresh if p.message.offset > _mark(stored[p.wm_field]) else skipped).append(p)
                     if first:
-                        self._count_redelivered(batch, fresh, now)
+                        self._count_redelivered(skipped, now)
                         first = False
                     conflicts += await self._apply_chunks(session, fresh, now)
                 await self._sink.send(conflicts)
@@ -263,22 +273,19 @@ class BatchApplier:
         self._ops.record_apply(result, chunk.items, time.time(), chunk.sent_at)
         return self._refused(chunk, result)
 
-    def _count_redelivered(
-        self, batch: Sequence[ParsedMessage], fresh: Sequence[ParsedMessage], now: datetime
-    ) -> None:
+    def _count_redelivered(self, skipped: Sequence[ParsedMessage], now: datetime) -> None:
         """Once per batch: count the events of the messages the watermark skips (parsed only to
         be counted: they were applied and dead-lettered when first delivered)."""
-        if len(fresh) == len(batch):
-            return
-        applying = {id(p) for p in fresh}
-        skipped = sum(self._parse(p, now).size for p in batch if id(p) not in applying)
-        if skipped:
-            self._ops.redelivered.inc(skipped)
+        events = sum(self._parse(p, now).size for p in skipped)
+        if events:
+            self._ops.redelivered.inc(events)
 
     async def _dead_letter_invalid(self, messages: Sequence[ParsedMessage]) -> None:
         """Send the invalid events of ``messages`` and wait for the broker; only then are they
         marked (a retry of the batch does not send them twice) and counted."""
-        letters = [_letter(p, index, r, r.field) for p in messages for index, r in p.rejects]
+        letters = [
+            letter for p in messages for letter in _letters(p, [(i, r, r.field) for i, r in p.rejects])
+        ]
         await self._sink.send(letters)
         for p in messages:
             p.lettered = True
@@ -288,9 +295,9 @@ class BatchApplier:
     def _refused(chunk: _Chunk, result: ApplyResult) -> list[DeadLetter]:
         """Dead letters for what the store refused (conflicts, amounts it cannot hold exactly);
         ``OpMetrics.record_apply`` already counted them."""
-        letters = []
+        by_message: dict[int, tuple[ParsedMessage, list[tuple[int | None, Rejection, str | None]]]] = {}
         for pos, rejection in result.rejected:
             parsed, index = chunk.origins[pos]
             fld = rejection.field or conflict_field(chunk.items[pos].event)
-            letters.append(_letter(parsed, index, rejection, fld))
-        return letters
+            by_message.setdefault(id(parsed), (parsed, []))[1].append((index, rejection, fld))
+        return [letter for parsed, faults in by_message.values() for letter in _letters(parsed, faults)]

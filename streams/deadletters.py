@@ -4,7 +4,7 @@ One dead letter per refused event (an array message with two bad events gives tw
 (docs/streaming.md, "Dead letters"):
 
 - value: the event's original bytes -- the whole message for a single-event message or one that
-  is not JSON, the array element (re-serialised: ``kpi_state.events.message_element``) for an
+  is not JSON, the array element (re-serialised: ``kpi_state.events.message_elements``) for an
   event of a batch message -- so a fixed event can be sent again as it is;
 - key: the source message's key;
 - headers (UTF-8): ``dlq.reason`` (the ``kpi_events_rejected_total`` label), ``dlq.field`` (absent

@@ -8,7 +8,14 @@ from typing import Any
 import orjson
 import pytest
 
-from kpi_state.events import DealCreated, EventParser, LeadCreated, Rejection, SurveyAnswered, message_element
+from kpi_state.events import (
+    DealCreated,
+    EventParser,
+    LeadCreated,
+    Rejection,
+    SurveyAnswered,
+    message_elements,
+)
 from kpi_state.settings import Settings
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
@@ -172,12 +179,13 @@ def test_message_batches_validate_each_event(parser: EventParser) -> None:
     results = list(parser.parse_message(raw, NOW))
     assert [type(r).__name__ for _, r in results] == ["LeadCreated", "Rejection", "Rejection"]
     assert [i for i, _ in results] == [0, 1, 2]
-    assert orjson.loads(message_element(raw, 2)) == "nope"
-    assert orjson.loads(message_element(raw, 0)) == lead()
+    nope, first = message_elements(raw, [2, 0])
+    assert orjson.loads(nope) == "nope"
+    assert orjson.loads(first) == lead()
     single_raw = orjson.dumps(lead())
     single = list(parser.parse_message(single_raw, NOW))
     assert len(single) == 1 and single[0][0] is None and isinstance(single[0][1], LeadCreated)
-    assert message_element(single_raw, None) == single_raw
+    assert message_elements(single_raw, [None]) == [single_raw]
     broken = list(parser.parse_message(b"[{", NOW))
     assert len(broken) == 1 and broken[0][0] is None
     assert isinstance(broken[0][1], Rejection) and broken[0][1].reason == "invalid_json"

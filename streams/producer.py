@@ -13,7 +13,6 @@ delivery is raised by the next send, ``flush()`` or ``close()``.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -21,7 +20,8 @@ from typing import Any, Self
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+
+from streams.topics import retry_broker
 
 log = structlog.get_logger(__name__)
 
@@ -72,18 +72,7 @@ class EventProducer:
 
     async def start(self, *, wait_for_broker: float = 30.0) -> None:
         """Connect, retrying with backoff for up to ``wait_for_broker`` seconds."""
-        deadline = time.monotonic() + wait_for_broker
-        delay = 0.1
-        while True:
-            try:
-                await self._producer.start()
-                break
-            except (KafkaConnectionError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise TimeoutError(f"producer: no broker after {wait_for_broker:.0f} s") from exc
-                log.debug("producer.retry", error=repr(exc), delay=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        await retry_broker("producer start", self._producer.start, wait_for_broker)
         self._started = True
 
     async def __aenter__(self) -> Self:

@@ -142,8 +142,9 @@ class TopicInfo:
     leaders: Mapping[int, int]  # partition -> leader node id
 
 
-async def _retry(what: str, op: Callable[[], Awaitable[T]], give_up_after: float) -> T:
-    """Run ``op`` until it succeeds, backing off 0.1 s -> 2 s while the broker is down or restarting."""
+async def retry_broker(what: str, op: Callable[[], Awaitable[T]], give_up_after: float) -> T:
+    """Run ``op`` until it succeeds, backing off 0.1 s -> 2 s while the broker is down or restarting
+    (connection errors and retriable Kafka errors); ``TimeoutError`` after ``give_up_after`` s."""
     deadline = time.monotonic() + give_up_after
     delay = 0.1
     attempt = 0
@@ -194,7 +195,7 @@ async def ensure_topics(
         finally:
             await admin.close()
 
-    await _retry("ensure_topics", create, timeout)
+    await retry_broker("ensure_topics", create, timeout)
     async with KafkaInspector(bootstrap, timeout=timeout) as inspector:
         infos = await inspector.topics(list(topics))
     for name, wanted in topics.items():
@@ -224,7 +225,7 @@ class KafkaInspector:
                 raise
             return client
 
-        self._client = await _retry("connect", connect, self._timeout)
+        self._client = await retry_broker("connect", connect, self._timeout)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -98,26 +98,23 @@ def make_app(
     return faust.App(app_id or settings.consumer_group, **options)
 
 
-def events_topic(app: faust.App, settings: Settings, *, name: str | None = None) -> faust.TopicT:
-    """The raw-bytes event topic (``settings.topic``) with its configured partition count."""
+def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
+    """A topic of raw bytes (keys and values): the worker validates values itself."""
     return app.topic(
-        name or settings.topic,
+        name,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=settings.topic_partitions,
+        partitions=partitions,
         internal=False,
     )
+
+
+def events_topic(app: faust.App, settings: Settings, *, name: str | None = None) -> faust.TopicT:
+    """The raw-bytes event topic (``settings.topic``) with its configured partition count."""
+    return _raw_topic(app, name or settings.topic, settings.topic_partitions)
 
 
 def dead_letter_topic(app: faust.App, settings: Settings) -> faust.TopicT:
-    return app.topic(
-        settings.dlq_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.dlq_partitions,
-        internal=False,
-    )
+    return _raw_topic(app, settings.dlq_topic, settings.dlq_partitions)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
+import structlog
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +29,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from kpi_state.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 class Rejection(NamedTuple):
@@ -47,9 +50,20 @@ def _must_be_string(value: Any) -> Any:
     return value
 
 
+# Instants the store can place in buckets in any business timezone: year 1 or 9999 overflows the
+# local-time arithmetic west or east of UTC. Nothing a CRM sends about sales is from before 1970.
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def _must_be_aware(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise PydanticCustomError("naive_timestamp", "timestamp has no UTC offset")
+    # Aware comparisons never overflow, whatever the offset (astimezone near year 1 would).
+    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        raise PydanticCustomError(
+            "timestamp_out_of_range", "timestamp must be from 1970-01-01 to 2199-12-31 (UTC)"
+        )
     return value
 
 
@@ -242,6 +256,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "unknown_stage",
     "unknown_currency",
     "conflict",
+    "unprocessable",
 )
 
 _REASONS = {
@@ -257,7 +272,13 @@ _REASONS = {
     "finite_number": "invalid_amount",
     "too_long": "too_long",
     "string_too_long": "too_long",
+    "timestamp_out_of_range": "invalid_timestamp",
 }
+
+
+def unprocessable(exc: BaseException) -> Rejection:
+    """The rejection of an event whose handling raised: it becomes a dead letter like bad input."""
+    return Rejection("unprocessable", None, f"could not be processed: {exc!r}"[:500])
 
 
 def rejection_from(error: ValidationError) -> Rejection:
@@ -319,9 +340,12 @@ class EventParser:
                     return Rejection("missing_field", name, "required field is absent or null")
         try:
             event = EVENT_ADAPTER.validate_python(obj)
+            return self._check_config(event, now)
         except ValidationError as exc:
             return rejection_from(exc)
-        return self._check_config(event, now)
+        except Exception as exc:  # a bug or an input nobody foresaw: refuse the event, never crash
+            log.exception("events.unprocessable", error=repr(exc))
+            return unprocessable(exc)
 
     def parse_bytes(self, raw: bytes | str, now: datetime) -> Event | Rejection:
         """One JSON event (a line of a file, a single-event message)."""

@@ -25,12 +25,15 @@ from typing import Any, ClassVar
 import msgpack
 import orjson
 import redis.asyncio as aioredis
+import structlog
 
 from kpi_state import events as ev
 from kpi_state.events import Rejection
 from kpi_state.kpis import MICROS
 from kpi_state.settings import Settings
 from kpi_state.windows import LONGEST_BUCKETS, NOMINAL_SECONDS, BucketClock, epoch_micros
+
+log = structlog.get_logger(__name__)
 
 APPLY_SCRIPT = resources.files("kpi_state").joinpath("lua/apply.lua").read_text(encoding="utf-8")
 SUM_SCRIPT = resources.files("kpi_state").joinpath("lua/sum_windows.lua").read_text(encoding="utf-8")
@@ -255,11 +258,16 @@ class KpiStore:
         newest = 0
         for pos, item in enumerate(events):
             event = item.event if isinstance(item, SourcedEvent) else item
-            problem = self._facts.amount_error(event)
-            if problem is not None:
+            try:
+                problem = self._facts.amount_error(event)
+                fact = None if problem is not None else self._facts.fact(event)
+            except Exception as exc:  # one event's fault never fails its batch: it is refused
+                log.exception("store.unprocessable_event", event_id=event.event_id, error=repr(exc))
+                problem, fact = ev.unprocessable(exc), None
+            if fact is None:
+                assert problem is not None
                 result.rejected.append((pos, problem))
                 continue
-            fact = self._facts.fact(event)
             if isinstance(item, SourcedEvent):
                 fact["w"], fact["o"] = item.watermark_field, item.offset
             newest = max(newest, fact["t"] // 1_000_000)

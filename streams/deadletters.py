@@ -12,6 +12,12 @@ One dead letter per refused event (an array message with two bad events gives tw
   ``dlq.partition``, ``dlq.offset``, ``dlq.index`` (position in a batch message; absent for a
   single event) and ``dlq.timestamp`` (the source message's timestamp, epoch ms).
 
+Size: a dead letter never grows past what any broker accepts. Its value is cut to
+``MAX_VALUE_BYTES`` (header ``dlq.truncated`` = the original size in bytes), and if the broker still
+refuses a letter as too large it is sent once more with an empty value (``dlq.truncated`` again):
+"too large" is a property of the letter, not a broker outage, so it is never retried as one -- a
+retry would hold the partition until the worker gives up, and again after every restart.
+
 Delivery: validation failures are sent, and acknowledged by the broker, before the batch is
 committed to Redis, so a crash in between sends them again (at least once). Store conflicts are
 only known after the commit; a worker killed in the milliseconds between loses those.
@@ -20,15 +26,23 @@ only known after the commit; a worker killed in the milliseconds between loses t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+import structlog
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.types import ProducerT
 
 from kpi_state import events as ev
 
+log = structlog.get_logger(__name__)
+
 MAX_DETAIL = 1000
+# Far above any real event (a few hundred bytes), far below the 1,000,000-byte request limit that
+# Kafka brokers and producers default to.
+MAX_VALUE_BYTES = 256 * 1024
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 # The entity whose stored fact a conflicting event contradicts (docs/kpi-notes.md, conflicts).
 _CONFLICT_FIELDS = {
@@ -43,6 +57,16 @@ def conflict_field(event: ev.Event) -> str | None:
     return _CONFLICT_FIELDS.get(event.type)
 
 
+def too_large(exc: BaseException | None) -> bool:
+    """Whether a send failed because the record is too large (faust wraps the cause)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, _TOO_LARGE):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     value: bytes
@@ -55,9 +79,18 @@ class DeadLetter:
     offset: int
     index: int | None  # position in a batch (JSON array) message
     timestamp: float | None  # of the source message, epoch seconds
+    original_size: int | None = None  # set when ``value`` was cut: the original length in bytes
+
+    def bounded(self, limit: int = MAX_VALUE_BYTES) -> DeadLetter:
+        """This letter with its value cut to ``limit`` bytes (itself when it fits)."""
+        if len(self.value) <= limit:
+            return self
+        return replace(self, value=self.value[:limit], original_size=self.original_size or len(self.value))
 
     def headers(self) -> list[tuple[str, bytes]]:
         pairs: list[tuple[str, str]] = [("dlq.reason", self.reason)]
+        if self.original_size is not None:
+            pairs.append(("dlq.truncated", str(self.original_size)))
         if self.field is not None:
             pairs.append(("dlq.field", self.field))
         pairs += [
@@ -93,8 +126,30 @@ class ProducerDeadLetters:
     async def send(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
-        pending = [
-            await self._producer.send(self._topic, letter.key, letter.value, None, None, letter.headers())
-            for letter in letters
-        ]
-        await asyncio.gather(*pending)
+        bounded = [letter.bounded() for letter in letters]
+        pending = [await self._send_one(letter) for letter in bounded]
+        outcomes = await asyncio.gather(*pending, return_exceptions=True)
+        for letter, outcome in zip(bounded, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not too_large(outcome):
+                    raise outcome
+                await (await self._send_one(_emptied(letter)))
+
+    async def _send_one(self, letter: DeadLetter) -> Awaitable[object]:
+        try:
+            future: Awaitable[object] = await self._producer.send(
+                self._topic, letter.key, letter.value, None, None, letter.headers()
+            )
+        except Exception as exc:
+            if not too_large(exc) or not letter.value:
+                raise
+            future = await self._producer.send(
+                self._topic, letter.key, b"", None, None, _emptied(letter).headers()
+            )
+        return future
+
+
+def _emptied(letter: DeadLetter) -> DeadLetter:
+    """The letter without its value, for a broker that refuses even the bounded one."""
+    log.warning("deadletters.value_dropped", size=len(letter.value), reason=letter.reason)
+    return replace(letter, value=b"", original_size=letter.original_size or len(letter.value))

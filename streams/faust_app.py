@@ -92,6 +92,9 @@ def make_app(
         "web_port": web_port,
         "autodiscover": False,
         "producer_acks": -1,
+        # Dead letters are bounded (streams.deadletters.MAX_VALUE_BYTES); this is the producer's
+        # margin for their headers, matching streams.producer.EventProducer.
+        "producer_max_request_size": 4 * 1024 * 1024,
     }
     options.update(overrides)
     limit_fetch_wait()

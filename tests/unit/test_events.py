@@ -213,3 +213,37 @@ def test_every_reason_is_in_the_closed_vocabulary() -> None:
     assert {"invalid_timestamp", "invalid_field", "conflict", "future_timestamp"} <= set(
         events.REJECTION_REASONS
     )
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+05:00",  # converting it to UTC would overflow
+        "1969-12-31T23:59:59Z",
+        "2200-01-01T00:00:00Z",
+        "9999-12-31T23:59:59-08:00",  # converting it to UTC would overflow
+    ],
+)
+def test_timestamps_out_of_range_are_rejected(parser: EventParser, stamp: str) -> None:
+    """Year 1 or 9999 passed validation once and then overflowed the bucket arithmetic of a business
+    timezone west of UTC, stopping the worker for good."""
+    outcome = parser.parse_object(lead(occurred_at=stamp), NOW)
+    assert outcome == Rejection(
+        "invalid_timestamp", "occurred_at", "timestamp must be from 1970-01-01 to 2199-12-31 (UTC)"
+    )
+
+
+@pytest.mark.parametrize("stamp", ["1970-01-01T00:00:00Z", "1970-01-01T08:00:00+08:00"])
+def test_the_earliest_instant_is_accepted(parser: EventParser, stamp: str) -> None:
+    assert isinstance(parser.parse_object(lead(occurred_at=stamp), NOW), LeadCreated)
+
+
+def test_an_unforeseen_error_rejects_the_event_instead_of_raising() -> None:
+    class Broken(EventParser):
+        def _check_config(self, event: Any, now: datetime) -> Any:
+            raise OverflowError("date value out of range")
+
+    outcome = Broken(Settings()).parse_object(lead(), NOW)
+    assert isinstance(outcome, Rejection) and outcome.reason == "unprocessable"
+    assert "OverflowError" in outcome.detail

@@ -139,7 +139,8 @@ def _letters(
 class BatchApplier:
     """Applies batches for the partitions in ``fields`` (partition -> watermark field), which the
     worker replaces on every assignment. Messages of other partitions (left in a buffer after a
-    rebalance took them away) are ignored: their new owner reads them from its committed offset."""
+    rebalance took them away) are ignored and must not be acknowledged: their new owner reads them
+    from the committed offset."""
 
     def __init__(
         self,
@@ -162,7 +163,6 @@ class BatchApplier:
         self._budget = retry_budget
         self._on_health = on_health
         self.fields: dict[int, str] = {}
-        self._ignored = False
 
     def _parse(self, parsed: ParsedMessage, now: datetime) -> ParsedMessage:
         """Validate a message's events once (retries reuse the result)."""
@@ -195,14 +195,8 @@ class BatchApplier:
         fields = self.fields
         selected = [ParsedMessage(m, fields[m.partition]) for m in messages if m.partition in fields]
         if len(selected) < len(messages):
-            self._ignored = True
             log.info("worker.ignored_unassigned", messages=len(messages) - len(selected))
         return selected
-
-    def ignored_since_assignment(self) -> bool:
-        """Whether messages were left out since the last call (and reset the flag)."""
-        ignored, self._ignored = self._ignored, False
-        return ignored
 
     async def apply(self, batch: Sequence[ParsedMessage]) -> None:
         """Apply a selected batch (see the module contract); batches must come in the order taken."""

@@ -9,12 +9,13 @@ a child and starts it again whenever it stops. Contracts (docs/streaming.md):
   cannot be applied stops the process at once (``os._exit``): neither it nor any later batch is
   applied or acknowledged.
 - On every assignment the topic identity is read again and the watermark fields are tied to it;
-  a partition whose committed Kafka offset is past its Redis watermark + 1 is rewound there
-  (Redis lost writes). A rewind is only done in-process for a partition this process never had
-  (no fetched message of it can be in faust's buffers); otherwise, and whenever the topic
-  identity changed or Redis is seen to have lost writes, the process asks for a restart (a
-  graceful stop: acknowledged batches were all applied, and the next process resumes at the
-  lower of Redis and Kafka).
+  messages of a partition are applied only once its callback finished (faust fetches them
+  earlier: such batches wait, ``_await_assignment``), and a message that is left out is never
+  acknowledged. A partition whose committed Kafka offset is past its Redis watermark + 1 (Redis
+  lost writes) has the lower offset committed, and the process asks for a restart, as it does
+  whenever the topic identity changed or Redis is seen to have lost writes (a graceful stop:
+  acknowledged batches were all applied, and the next process resumes at the lower of Redis and
+  Kafka).
 - ``/healthz`` answers 200 once partitions are assigned and Redis answers (503 before, and while
   a batch is being retried); ``/metrics`` serves the ``kpi_*`` metrics of this process and the
   ``sales_*`` KPI gauges.
@@ -28,7 +29,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
@@ -67,6 +69,10 @@ BATCH_RETRY_SECONDS = 60.0
 # the 10 s session timeout).
 ASSIGNMENT_REDIS_SECONDS = 6.0
 WATCH_INTERVAL_SECONDS = 1.0
+# How long a batch of freshly assigned partitions waits for the assignment callback (which itself
+# is bounded by ~8 s of broker and ~6 s of Redis time) before the worker restarts instead.
+ASSIGNMENT_WAIT_SECONDS = 30.0
+ASSIGNMENT_POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 20.0
 
 EXIT_BATCH_FAILED = 70
@@ -88,7 +94,6 @@ class _State:
     assigned: bool = False
     redis_ok: bool = True
     stopping: bool = False
-    ever_assigned: set[int] = field(default_factory=set)
     partitions: list[int] = field(default_factory=list)
 
 
@@ -159,12 +164,40 @@ class KpiWorker:
         try:
             async for events in stream.noack_take(TAKE_MAX_MESSAGES, within=TAKE_WITHIN_SECONDS):
                 try:
-                    selected = self.applier.select([_message(e) for e in events])
+                    messages = [_message(e) for e in events]
+                    await self._await_assignment(messages)
+                    selected = self.applier.select(messages)
+                    # Only selected messages are ever acknowledged: a left-out one is read again by
+                    # whoever owns its partition next, from the committed offset, which it holds back.
+                    chosen = {id(p.message) for p in selected}
+                    to_ack = [e for e in events if id(_message(e)) in chosen]
                 except Exception as exc:  # a bug: do not let faust see the batch go by
                     hard_exit(EXIT_BATCH_FAILED, "worker.select_failed", error=repr(exc))
-                await queue.put((list(events), selected))
+                await queue.put((to_ack, selected))
         finally:
             applying.cancel()  # queued batches stay unacknowledged: they are read again
+
+    async def _await_assignment(self, messages: Sequence[Any]) -> None:
+        """Hold a batch while its partitions are assigned but their assignment callback is still
+        running (no watermark field yet): faust fetches them as soon as the group assigns them.
+
+        Ignoring them instead would lose them for good: a later message of the same partition
+        raises its Redis watermark past them, so reading them again would only skip them."""
+        deadline = time.monotonic() + ASSIGNMENT_WAIT_SECONDS
+        topic = self.settings.topic
+        while not self._state.stopping:
+            fields = self.applier.fields
+            pending = {m.partition for m in messages if m.partition not in fields}
+            if not pending:
+                return
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+            waiting = pending & assigned
+            if not waiting:
+                return  # partitions taken away from us: left out, not acknowledged
+            if time.monotonic() > deadline:
+                self.request_restart("worker.assignment_stalled", partitions=sorted(waiting))
+                return
+            await asyncio.sleep(ASSIGNMENT_POLL_SECONDS)
 
     async def _apply_in_order(self, stream: StreamT[bytes], queue: asyncio.Queue[_Taken]) -> None:
         while True:
@@ -207,9 +240,6 @@ class KpiWorker:
             self.request_restart("worker.topic_identity_changed", old=self._state.identity, new=identity)
             return
         fields = {tp.partition: watermark_field(topic, identity, tp.partition) for tp in mine}
-        # From here on messages of these partitions are applied, not ignored (the applier checks
-        # the watermarks itself, so a restart requested below loses nothing).
-        self.applier.fields = fields
         known = self.ledger.snapshot()
         stored = await self._stored_at_assignment(fields.values())
         lost = WatermarkLedger.lost(known, stored)
@@ -225,26 +255,23 @@ class KpiWorker:
             if (target := rewind_target(stored[fields[tp.partition]], committed.get(tp))) is not None
         }
         if rewinds:
-            if any(tp.partition in self._state.ever_assigned for tp in rewinds):
-                self.request_restart("worker.rewind_needs_restart", rewinds=_by_partition(rewinds))
-                return
-            # faust seeks every partition to its committed offset right after this callback, so
-            # commit the rewound position first; seek too, since a committed 0 is not sought.
-            if not await consumer._commit(rewinds):
-                self.request_restart("worker.rewind_commit_failed", rewinds=_by_partition(rewinds))
-                return
-            await consumer.seek_wait(rewinds)
-            log.warning("worker.rewind", offsets=_by_partition(rewinds), committed=_by_partition(committed))
-        # Messages fetched while this callback ran were ignored (their partition had no field yet)
-        # and not acknowledged: start every other partition at its committed offset again, so they
-        # are read again (what was applied meanwhile is skipped by the watermark).
-        again = {tp: off for tp in mine if tp not in rewinds and (off := committed.get(tp)) is not None}
-        if again and self.applier.ignored_since_assignment():
-            await consumer.seek_wait(again)
+            # Commit the rewound position for the group, then restart: the next process starts
+            # there. Rewinding in this process is unsafe: messages past the committed offset may
+            # already be fetched (faust fetches during this callback), and applying one would raise
+            # the watermark over the very range the rewind is meant to read again.
+            committed_ok = await consumer._commit(rewinds)
+            self.request_restart(
+                "worker.rewind" if committed_ok else "worker.rewind_commit_failed",
+                rewinds=_by_partition(rewinds),
+                committed=_by_partition(committed),
+            )
+            return
         self._state.identity = identity
-        self._state.ever_assigned.update(tp.partition for tp in mine)
         self._state.partitions = [tp.partition for tp in mine]
         self.ledger.reset({fields[p]: stored[fields[p]] for p in fields})
+        # Only now are messages of these partitions applied; until here ``_await_assignment`` held
+        # them (the applier checks the watermarks itself, so a later restart loses nothing).
+        self.applier.fields = fields
         self._state.assigned = True
         self._update_ready()
         log.info(

@@ -1,5 +1,6 @@
-"""Helpers of tests/integration/test_streaming.py: test data, the `kpi` CLI in subprocesses,
-a worker's web port, a `redis-server` with AOF, and reading the state and the dead-letter topic."""
+"""Helpers of the streaming tests: test data, the `kpi` CLI in subprocesses, a worker's web port,
+the ``workers`` and ``namespaces`` fixtures, a `redis-server` with AOF, and reading the state and
+the dead-letter topic."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -30,6 +32,7 @@ from streams.broker import free_port
 from streams.deadletters import read_headers
 from streams.simulator import SimConfig, simulate_history
 from streams.topics import partition_count
+from tests.conftest import new_settings, store_for
 
 KPI = [sys.executable, "-m", "kpi_app"]  # the `kpi` command
 READY_TIMEOUT = 60.0
@@ -301,3 +304,72 @@ def partitions_of(bootstrap: str, topic: str) -> int | None:
         return asyncio.run(asyncio.wait_for(partition_count(bootstrap, topic), 5))
     except Exception:
         return None
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """``workers(settings, env=None)`` starts a `kpi worker` (``env``: extra environment variables);
+    all are stopped at the end, and no process of the test's topic may outlive them (the
+    supervisor's faust child included)."""
+    started: list[Worker] = []
+    topics: set[str] = set()
+
+    def start(settings: Settings, env: dict[str, str] | None = None) -> Worker:
+        port = free_port()
+        log = tmp_path / f"worker-{len(started)}.log"
+        assert settings.kafka_url is not None
+        args = [
+            "worker",
+            "--kafka-url",
+            settings.kafka_url,
+            "--topic",
+            settings.topic,
+            "--group",
+            settings.consumer_group,
+            "--web-port",
+            str(port),
+            *cli_args(settings),
+        ]
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [*KPI, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        worker = Worker(proc, port, log)
+        started.append(worker)
+        topics.add(settings.topic)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    deadline = time.monotonic() + 15
+    while (left := processes_mentioning(topics)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Callable[..., Settings]]:
+    """``namespaces(**overrides)``: settings in a fresh namespace, deleted at the end."""
+    made: list[Settings] = []
+
+    def make(**overrides: Any) -> Settings:
+        made.append(new_settings(**overrides))
+        return made[-1]
+
+    yield make
+
+    async def clear() -> None:
+        for settings in made:
+            with contextlib.suppress(redis.RedisError, OSError):
+                async with store_for(settings):
+                    pass
+
+    asyncio.run(clear())

@@ -10,7 +10,6 @@ behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import signal
 import subprocess
@@ -19,27 +18,22 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-import redis
 
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import EmbeddedBroker
 from streams.producer import EventProducer
-from tests.conftest import new_settings, store_for
 from tests.integration.streaming_support import (
     KPI,
     RedisServer,
     Worker,
-    cli_args,
     converge,
     kpi,
     make_stream,
     partitions_of,
-    processes_mentioning,
     read_dead_letters,
     replay,
     show,
@@ -48,67 +42,6 @@ from tests.integration.streaming_support import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[Settings], Worker]]:
-    """``workers(settings)`` starts a `kpi worker`; all are stopped at the end, and no process of
-    the test's topic may outlive them (the supervisor's faust child included)."""
-    started: list[Worker] = []
-    topics: set[str] = set()
-
-    def start(settings: Settings) -> Worker:
-        port = free_port()
-        log = tmp_path / f"worker-{len(started)}.log"
-        assert settings.kafka_url is not None
-        args = [
-            "worker",
-            "--kafka-url",
-            settings.kafka_url,
-            "--topic",
-            settings.topic,
-            "--group",
-            settings.consumer_group,
-            "--web-port",
-            str(port),
-            *cli_args(settings),
-        ]
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [*KPI, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        worker = Worker(proc, port, log)
-        started.append(worker)
-        topics.add(settings.topic)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-    deadline = time.monotonic() + 15
-    while (left := processes_mentioning(topics)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, f"processes left behind: {left}"
-
-
-@pytest.fixture
-def namespaces() -> Iterator[Callable[..., Settings]]:
-    """``namespaces(**overrides)``: settings in a fresh namespace, deleted at the end."""
-    made: list[Settings] = []
-
-    def make(**overrides: Any) -> Settings:
-        made.append(new_settings(**overrides))
-        return made[-1]
-
-    yield make
-
-    async def clear() -> None:
-        for settings in made:
-            with contextlib.suppress(redis.RedisError, OSError):
-                async with store_for(settings):
-                    pass
-
-    asyncio.run(clear())
 
 
 @pytest.fixture(scope="module")

@@ -358,7 +358,7 @@ def worker(
         settings,
         redis=runtime.redis,
         parser=runtime.parser,
-        reader=runtime.reader,
+        make_reader=lambda: build_runtime(settings).reader,  # its own client, in the scrape thread
         web_port=web_port,
         web_host=web_host,
     ).run()

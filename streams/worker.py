@@ -18,7 +18,8 @@ a child and starts it again whenever it stops. Contracts (docs/streaming.md):
   Kafka).
 - ``/healthz`` answers 200 once partitions are assigned and Redis answers (503 before, and while
   a batch is being retried); ``/metrics`` serves the ``kpi_*`` metrics of this process and the
-  ``sales_*`` KPI gauges.
+  ``sales_*`` KPI gauges, rendered on a loop of their own (``streams.scrape_thread``) so that a
+  scrape never stalls consuming.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
@@ -53,6 +54,7 @@ from streams.broker import bootstrap_servers
 from streams.deadletters import ProducerDeadLetters
 from streams.faust_app import events_topic, make_app
 from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, rewind_target, watermark_field
+from streams.scrape_thread import ScrapeThread
 from streams.topics import KafkaInspector, ensure_topics
 
 log = structlog.get_logger(__name__)
@@ -106,7 +108,7 @@ class KpiWorker:
         *,
         redis: aioredis.Redis,
         parser: EventParser,
-        reader: KpiReader,
+        make_reader: Callable[[], KpiReader],
         web_port: int,
         web_host: str = "127.0.0.1",
     ) -> None:
@@ -114,7 +116,7 @@ class KpiWorker:
             raise ValueError("the worker needs a Kafka URL")
         self.settings = settings
         self._redis = redis
-        self._reader = reader
+        self._scrapes = ScrapeThread(make_reader)
         self._bootstrap = bootstrap_servers(settings.kafka_url)
         self._topics = {
             settings.topic: settings.topic_partitions,
@@ -388,9 +390,10 @@ class KpiWorker:
     async def _metrics(self, view: View, request: Request) -> Response:
         from kpi_state.collector import render_metrics  # the KPI gauges are optional here
 
+        accept = request.headers.get("Accept", "")
         try:
-            body, content_type = await render_metrics(
-                self._reader, self.settings, (self.registry,), accept=request.headers.get("Accept", "")
+            body, content_type = await self._scrapes.run(
+                lambda reader: render_metrics(reader, self.settings, (self.registry,), accept=accept)
             )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("worker.metrics_without_kpis", error=repr(exc))  # Redis down: kpi_* only

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import orjson
 import structlog
@@ -129,8 +129,9 @@ class LeadQualified(_EventBase):
 class DealCreated(_EventBase):
     type: Literal["deal.created"]
     deal_id: Identifier
-    rep_id: RequiredDimension
-    amount: Amount
+    # Optional since contract v2: a CRM often sends the owner and amount in later updates.
+    rep_id: Dimension | None = None
+    amount: Amount | None = None
     currency: Currency | None = None
     lead_id: Identifier | None = None
     stage: Stage | None = None
@@ -192,6 +193,53 @@ class SurveyAnswered(_EventBase):
     customer_id: Identifier | None = None
 
 
+# -- contract v2: corrections (DESIGN section 2). Each attribute takes its latest statement.
+
+
+class LeadUpdated(_EventBase):
+    type: Literal["lead.updated"]
+    lead_id: Identifier
+    source: Dimension | None = None
+    segment: Dimension | None = None
+    rep_id: Dimension | None = None
+
+
+class LeadDeleted(_EventBase):
+    type: Literal["lead.deleted"]
+    lead_id: Identifier
+
+
+class LeadRestored(_EventBase):
+    type: Literal["lead.restored"]
+    lead_id: Identifier
+
+
+class DealUpdated(_EventBase):
+    type: Literal["deal.updated"]
+    deal_id: Identifier
+    amount: Amount | None = None
+    currency: Currency | None = None
+    rep_id: Dimension | None = None
+    lead_id: Identifier | None = None
+
+
+class DealReopened(_EventBase):
+    type: Literal["deal.reopened"]
+    deal_id: Identifier
+    stage: Stage | None = None
+    rep_id: Dimension | None = None
+
+
+class DealDeleted(_EventBase):
+    type: Literal["deal.deleted"]
+    deal_id: Identifier
+
+
+class DealRestored(_EventBase):
+    type: Literal["deal.restored"]
+    deal_id: Identifier
+
+
 Event = Annotated[
     LeadCreated
     | LeadQualified
@@ -202,25 +250,20 @@ Event = Annotated[
     | SpendRecorded
     | RevenueRecorded
     | CustomerChurned
-    | SurveyAnswered,
+    | SurveyAnswered
+    | LeadUpdated
+    | LeadDeleted
+    | LeadRestored
+    | DealUpdated
+    | DealReopened
+    | DealDeleted
+    | DealRestored,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-MoneyEvent = DealCreated | DealStageChanged | DealWon | SpendRecorded | RevenueRecorded
-MONEY_EVENTS = (DealCreated, DealStageChanged, DealWon, SpendRecorded, RevenueRecorded)
-EVENT_TYPES: tuple[str, ...] = (
-    "lead.created",
-    "lead.qualified",
-    "deal.created",
-    "deal.stage_changed",
-    "deal.won",
-    "deal.lost",
-    "spend.recorded",
-    "revenue.recorded",
-    "customer.churned",
-    "survey.answered",
-)
-# Required fields a JSON null stands in for: null is "absent", so it rejects as missing.
+MoneyEvent = DealCreated | DealStageChanged | DealWon | SpendRecorded | RevenueRecorded | DealUpdated
+MONEY_EVENTS = (DealCreated, DealStageChanged, DealWon, SpendRecorded, RevenueRecorded, DealUpdated)
+# Every event type, in one order shared by the tables below.
 _MODELS: tuple[type[_EventBase], ...] = (
     LeadCreated,
     LeadQualified,
@@ -232,7 +275,20 @@ _MODELS: tuple[type[_EventBase], ...] = (
     RevenueRecorded,
     CustomerChurned,
     SurveyAnswered,
+    LeadUpdated,
+    LeadDeleted,
+    LeadRestored,
+    DealUpdated,
+    DealReopened,
+    DealDeleted,
+    DealRestored,
 )
+EVENT_TYPES: tuple[str, ...] = tuple(get_args(model.model_fields["type"].annotation)[0] for model in _MODELS)
+# An update must state at least one attribute: (the fields it may state, in the order named).
+_STATED: dict[str, tuple[str, ...]] = {
+    "lead.updated": ("source", "segment", "rep_id"),
+    "deal.updated": ("amount", "rep_id", "lead_id", "currency"),
+}
 # Required fields a JSON null stands in for: null is "absent", so it rejects as missing.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     # Model field order, so the field named for an event missing several is deterministic.
@@ -385,6 +441,13 @@ class EventParser:
                 return Rejection(
                     "unknown_stage", "from_stage", f"{event.from_stage!r} is not a configured stage"
                 )
+        stated = _STATED.get(event.type)
+        if stated is not None and all(getattr(event, name) is None for name in stated):
+            return Rejection(
+                "missing_field", "|".join(stated), f"{event.type} states none of {', '.join(stated)}"
+            )
+        if isinstance(event, DealReopened) and event.stage is not None and event.stage not in self._stages:
+            return Rejection("unknown_stage", "stage", f"{event.stage!r} is not a configured stage")
         if isinstance(event, SurveyAnswered):
             low, high = (0, 10) if event.kind == "nps" else (1, 5)
             if not low <= event.score <= high:

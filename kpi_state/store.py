@@ -52,6 +52,13 @@ _TYPE_CODES = {
     "revenue.recorded": "RR",
     "customer.churned": "CH",
     "survey.answered": "SV",
+    "lead.updated": "LU",
+    "lead.deleted": "LX",
+    "lead.restored": "LR",
+    "deal.updated": "DU",
+    "deal.reopened": "DO",
+    "deal.deleted": "DX",
+    "deal.restored": "DR",
 }
 
 
@@ -106,6 +113,7 @@ class FactBuilder:
         self._parser = ev.EventParser(settings)
         self._first_stage = settings.stage_names[0]
         self._margin = settings.default_gross_margin
+        self._currency = settings.currency
 
     def amount_error(self, event: ev.Event) -> Rejection | None:
         if not isinstance(event, ev.MONEY_EVENTS) or event.amount is None:
@@ -118,6 +126,19 @@ class FactBuilder:
     def _amount(self, event: ev.MoneyEvent) -> int:
         assert event.amount is not None
         return _micros(self._parser.amount_in_reporting(event.amount, event.currency))
+
+    def _deal_amount(
+        self, e: ev.DealCreated | ev.DealStageChanged | ev.DealWon | ev.DealUpdated, f: dict[str, Any]
+    ) -> None:
+        """A deal's amount statement: ``a`` in reporting micro-units; in another currency also the
+        raw micro-units ``ar`` and the rate ``rt``, so a later currency-only statement can
+        re-express the same number (apply.lua ``amount_now``)."""
+        if e.amount is None:
+            return
+        f["a"] = self._amount(e)
+        if e.currency is not None and e.currency != self._currency:
+            f["ar"] = _micros(e.amount)
+            f["rt"] = self._parser.amount_in_reporting(1.0, e.currency)
 
     def fact(self, event: ev.Event) -> dict[str, Any]:
         micros = epoch_micros(event.occurred_at)
@@ -148,8 +169,9 @@ class FactBuilder:
 
     def _deal_created(self, e: ev.DealCreated, f: dict[str, Any]) -> None:
         f["k"] = e.deal_id
-        f["r"] = e.rep_id
-        f["a"] = self._amount(e)
+        if e.rep_id is not None:
+            f["r"] = e.rep_id
+        self._deal_amount(e, f)
         f["st"] = e.stage or self._first_stage
         if e.lead_id is not None:
             f["l"] = e.lead_id
@@ -159,14 +181,13 @@ class FactBuilder:
         f["st"] = e.to_stage
         if e.rep_id is not None:
             f["r"] = e.rep_id
-        if e.amount is not None:
-            f["a"] = self._amount(e)
+        self._deal_amount(e, f)
 
     def _deal_won(self, e: ev.DealWon, f: dict[str, Any]) -> None:
         f["k"] = e.deal_id
         f["c"] = e.customer_id
         f["r"] = e.rep_id
-        f["a"] = self._amount(e)
+        self._deal_amount(e, f)
         if e.lead_id is not None:
             f["l"] = e.lead_id
 
@@ -201,6 +222,39 @@ class FactBuilder:
         elif e.score >= 4:
             f["p"] = True
 
+    def _lead_updated(self, e: ev.LeadUpdated, f: dict[str, Any]) -> None:
+        f["l"] = e.lead_id
+        if e.rep_id is not None:
+            f["r"] = e.rep_id
+        if e.source is not None:
+            f["s"] = e.source
+        if e.segment is not None:
+            f["g"] = e.segment
+
+    def _lead_only(self, e: ev.LeadDeleted | ev.LeadRestored, f: dict[str, Any]) -> None:
+        f["l"] = e.lead_id
+
+    def _deal_updated(self, e: ev.DealUpdated, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+        if e.rep_id is not None:
+            f["r"] = e.rep_id
+        if e.lead_id is not None:
+            f["l"] = e.lead_id
+        if e.amount is not None:
+            self._deal_amount(e, f)
+        elif e.currency is not None:  # the same number, in another currency from now on
+            f["cu"] = self._parser.amount_in_reporting(1.0, e.currency)
+
+    def _deal_reopened(self, e: ev.DealReopened, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+        if e.stage is not None:
+            f["st"] = e.stage
+        if e.rep_id is not None:
+            f["r"] = e.rep_id
+
+    def _deal_only(self, e: ev.DealDeleted | ev.DealRestored, f: dict[str, Any]) -> None:
+        f["k"] = e.deal_id
+
     _fields: ClassVar[dict[type, Callable[[FactBuilder, Any, dict[str, Any]], None]]] = {
         ev.LeadCreated: _lead_created,
         ev.LeadQualified: _lead_qualified,
@@ -212,6 +266,13 @@ class FactBuilder:
         ev.RevenueRecorded: _revenue_recorded,
         ev.CustomerChurned: _customer_churned,
         ev.SurveyAnswered: _survey_answered,
+        ev.LeadUpdated: _lead_updated,
+        ev.LeadDeleted: _lead_only,
+        ev.LeadRestored: _lead_only,
+        ev.DealUpdated: _deal_updated,
+        ev.DealReopened: _deal_reopened,
+        ev.DealDeleted: _deal_only,
+        ev.DealRestored: _deal_only,
     }
 
 

@@ -48,8 +48,6 @@ _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeE
 _CONFLICT_FIELDS = {
     "lead.created": "lead_id",
     "deal.created": "deal_id",
-    "deal.won": "deal_id",
-    "deal.lost": "deal_id",
 }
 
 

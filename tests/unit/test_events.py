@@ -10,8 +10,15 @@ import pytest
 
 from kpi_state.events import (
     DealCreated,
+    DealDeleted,
+    DealReopened,
+    DealRestored,
+    DealUpdated,
     EventParser,
     LeadCreated,
+    LeadDeleted,
+    LeadRestored,
+    LeadUpdated,
     Rejection,
     SurveyAnswered,
     message_elements,
@@ -72,14 +79,14 @@ def test_valid_lead_trims_dimensions_and_ignores_unknown_fields(parser: EventPar
         (lead(lead_id=12), "invalid_field", "lead_id"),
         (lead(source="s" * 65), "too_long", "source"),
         (lead(source=7), "invalid_field", "source"),
-        (lead(type="lead.deleted"), "unknown_type", "type"),
+        (lead(type="lead.exploded"), "unknown_type", "type"),
         (lead(type=...), "missing_field", "type"),
         (lead(event_id=...), "missing_field", "event_id"),
         (deal(amount=-1), "negative_amount", "amount"),
         (deal(amount="100"), "invalid_field", "amount"),
         (deal(amount=True), "invalid_field", "amount"),
-        (deal(rep_id=None), "missing_field", "rep_id"),
-        (deal(rep_id="   "), "missing_field", "rep_id"),
+        (deal(type="deal.won", customer_id="C", rep_id=None), "missing_field", "rep_id"),
+        (deal(type="deal.won", customer_id="C", rep_id="   "), "missing_field", "rep_id"),
         (deal(stage="won"), "unknown_stage", "stage"),
         (deal(currency="JPY"), "unknown_currency", "currency"),
         (deal(currency="usd"), "invalid_field", "currency"),
@@ -151,9 +158,65 @@ def test_rejections_name_field_and_reason(
 
 
 def test_dimension_required_but_blank_is_missing(parser: EventParser) -> None:
-    # rep_id is required on deal.created: "   " is absent after trimming.
-    result = parser.parse_object(deal(rep_id="   "), NOW)
-    assert isinstance(result, Rejection)
+    # rep_id is required on deal.lost: "   " is absent after trimming.
+    result = parser.parse_object(deal(type="deal.lost", rep_id="   "), NOW)
+    assert isinstance(result, Rejection) and (result.reason, result.field) == ("missing_field", "rep_id")
+
+
+def test_a_bare_deal_created_is_valid_since_contract_v2(parser: EventParser) -> None:
+    """A CRM often sends the owner and the amount in later updates."""
+    bare = parser.parse_object(deal(rep_id=..., amount=...), NOW)
+    assert isinstance(bare, DealCreated) and bare.rep_id is None and bare.amount is None
+    assert isinstance(parser.parse_object(deal(rep_id="   "), NOW), DealCreated)
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        (lead(type="lead.updated", source=..., rep_id=...), "source|segment|rep_id"),
+        (lead(type="lead.updated", source="  ", segment=None, rep_id=...), "source|segment|rep_id"),
+        (deal(type="deal.updated", rep_id=..., amount=...), "amount|rep_id|lead_id|currency"),
+        (deal(type="deal.updated", rep_id=None, amount=None, lead_id=None), "amount|rep_id|lead_id|currency"),
+    ],
+)
+def test_an_update_that_states_nothing_is_refused(parser: EventParser, obj: Any, field: str) -> None:
+    result = parser.parse_object(obj, NOW)
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.field) == ("missing_field", field)
+    assert "states none of" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("obj", "kind"),
+    [
+        (lead(type="lead.updated", source=" partner ", rep_id=...), LeadUpdated),
+        (lead(type="lead.deleted", source=...), LeadDeleted),
+        (lead(type="lead.restored"), LeadRestored),
+        (deal(type="deal.updated", rep_id=..., amount=..., currency="USD"), DealUpdated),
+        (deal(type="deal.updated", rep_id=..., amount=..., lead_id="L9"), DealUpdated),
+        (deal(type="deal.reopened", stage="proposal"), DealReopened),
+        (deal(type="deal.reopened", rep_id=..., amount=...), DealReopened),
+        (deal(type="deal.deleted"), DealDeleted),
+        (deal(type="deal.restored"), DealRestored),
+    ],
+)
+def test_correction_events_are_valid(parser: EventParser, obj: Any, kind: type) -> None:
+    assert isinstance(parser.parse_object(obj, NOW), kind)
+
+
+def test_correction_fields_follow_the_common_rules(parser: EventParser) -> None:
+    updated = parser.parse_object(lead(type="lead.updated", source=" partner ", rep_id=...), NOW)
+    assert isinstance(updated, LeadUpdated) and updated.source == "partner" and updated.rep_id is None
+    checks = [
+        (deal(type="deal.reopened", stage="closing"), ("unknown_stage", "stage")),
+        (deal(type="deal.updated", amount=-5), ("negative_amount", "amount")),
+        (deal(type="deal.updated", amount=..., currency="JPY"), ("unknown_currency", "currency")),
+        (deal(type="deal.updated", amount=..., rep_id="x" * 65), ("too_long", "rep_id")),
+        (deal(type="deal.deleted", deal_id=...), ("missing_field", "deal_id")),
+    ]
+    for obj, expected in checks:
+        result = parser.parse_object(obj, NOW)
+        assert isinstance(result, Rejection) and (result.reason, result.field) == expected, (obj, result)
 
 
 def test_invalid_json_and_nan(parser: EventParser) -> None:

@@ -354,7 +354,9 @@ def test_signature_authenticates_and_a_bad_one_is_401(settings: Settings) -> Non
             "sha256=zz",
             "",
         ):
-            response = await client.post("/events", content=body, headers={**plain, **good, "X-Signature-256": bad})
+            response = await client.post(
+                "/events", content=body, headers={**plain, **good, "X-Signature-256": bad}
+            )
             assert response.status_code == 401, bad
         # A present but wrong signature is refused even with a valid token.
         both = await client.post("/events", content=body, headers={**JSON, **sign(body, "other")})

@@ -53,6 +53,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # exc_info=True (log.exception) becomes an "exception" string with the whole
+            # traceback; plain text, not dict_tracebacks, whose frame locals could hold secrets.
+            structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from kpi_app.bootstrap import Runtime
 from kpi_app.guards import ReadGuard
 from kpi_app.ingest import Ingest, error, json_response
 from kpi_app.publishing import BrokerProbe, ProducerPublisher, Publisher
+from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.windows import WINDOW_NAMES
 
@@ -73,8 +74,8 @@ SECURITY_HEADERS = (
 )
 # as_of outside [1970, 2200) is a mistake, and near year 1 or 9999 the bucket arithmetic
 # in a zone west or east of UTC leaves the datetime range.
-AS_OF_MIN = datetime(1970, 1, 1, tzinfo=UTC)
-AS_OF_MAX = datetime(2200, 1, 1, tzinfo=UTC)
+# Same range as an event's occurred_at: outside it the business-timezone arithmetic overflows.
+AS_OF_MIN, AS_OF_MAX = EARLIEST_INSTANT, LATEST_INSTANT
 # What a Redis that is down or unreachable raises through redis-py (or the socket under it).
 REDIS_DOWN = (RedisError, OSError, TimeoutError)
 

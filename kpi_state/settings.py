@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     label_cap: int = Field(default=100, ge=1)
     # Distinct values per dimension (rep, source, segment) the store admits, at write time;
     # later values count as "other". Bounds state size and read time whatever the input.
-    dimension_cap: int = Field(default=1000, ge=1, le=100_000)
+    dimension_cap: int = Field(default=500, ge=1, le=100_000)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     message_batch: int = Field(default=100, ge=1, le=10_000)
 

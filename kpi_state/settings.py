@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     bucket_grace_seconds: int = Field(default=6 * 3600, ge=60)
 
     label_cap: int = Field(default=100, ge=1)
+    # Distinct values per dimension (rep, source, segment) the store admits, at write time;
+    # later values count as "other". Bounds state size and read time whatever the input.
+    dimension_cap: int = Field(default=500, ge=1, le=100_000)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     message_batch: int = Field(default=100, ge=1, le=10_000)
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime, build_runtime
+from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.settings import Settings
 from kpi_state.windows import WINDOW_NAMES
 
@@ -53,6 +54,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # exc_info=True (log.exception) becomes an "exception" string with the whole
+            # traceback; plain text, not dict_tracebacks, whose frame locals could hold secrets.
+            structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
@@ -77,8 +81,10 @@ def parse_instant(value: str | None) -> datetime | None:
         ts = datetime.fromisoformat(value)
     except ValueError as exc:
         raise typer.BadParameter(f"not an RFC 3339 timestamp: {value!r}") from exc
-    if ts.tzinfo is None:
+    if ts.tzinfo is None or ts.utcoffset() is None:
         raise typer.BadParameter("--as-of needs an offset (e.g. 2026-03-31T23:59:59Z)")
+    if not EARLIEST_INSTANT <= ts < LATEST_INSTANT:  # aware comparisons never overflow
+        raise typer.BadParameter("--as-of must be from 1970-01-01T00:00:00Z up to 2200-01-01T00:00:00Z")
     return ts
 
 

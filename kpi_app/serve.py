@@ -8,8 +8,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from kpi_app.bootstrap import build_runtime
-from kpi_app.ingest import ProducerPublisher
-from kpi_app.web import Publisher, create_app
+from kpi_app.publishing import ProducerPublisher, broker_probe
+from kpi_app.web import BrokerProbe, Publisher, create_app
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.settings import Settings
 from streams.broker import bootstrap_servers
@@ -25,6 +25,7 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     ops = OpMetrics(registry)
     producer: EventProducer | None = None
     publisher: Publisher | None = None
+    probe: BrokerProbe | None = None
     try:
         if settings.kafka_url:
             bootstrap = bootstrap_servers(settings.kafka_url)
@@ -33,7 +34,10 @@ async def serve(settings: Settings, host: str, port: int) -> None:
             producer = EventProducer(bootstrap, settings.topic, client_id="kpi-serve")
             await producer.start()
             publisher = ProducerPublisher(producer)
-        app = create_app(runtime, publisher=publisher, ops=ops, metrics_include=[registry])
+            probe = broker_probe(bootstrap)
+        app = create_app(
+            runtime, publisher=publisher, ops=ops, metrics_include=[registry], broker_probe=probe
+        )
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         log.info("serve.listening", url=f"http://{host}:{port}/", ingest=publisher is not None)
         await uvicorn.Server(config).serve()

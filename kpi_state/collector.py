@@ -20,7 +20,9 @@ Contract:
   the counters and recomputes every ratio from the sums. A real value named
   ``"other"`` is always folded when a cap applies. Each value is named or folded
   the same way in every window, and within a window every family of a dimension
-  carries the same label values.
+  carries the same label values. The store caps each dimension at write time first
+  (``settings.dimension_cap``, larger; lua/apply.lua), so this read-time cap works on at
+  most ``dimension_cap + 3`` values and a scrape's cost is bounded whatever the input.
 - The Redis client is asyncio and collectors are synchronous: the scrape path
   awaits ``read_snapshot`` and then encodes that snapshot (``render_metrics``; or
   ``scrape_registry`` for a registry around it), so concurrent scrapes share nothing.

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kpi_state import events as ev
 from kpi_state.events import Rejection
-from kpi_state.store import ApplyResult, Outcome, SourcedEvent
+from kpi_state.store import FOLDED_DIMENSIONS, ApplyResult, Outcome, SourcedEvent
 
 # Freshness target is p99 < 1 s (DESIGN section 6): fine resolution up to a few
 # seconds, coarse beyond, up to 30 s.
@@ -51,6 +51,13 @@ class OpMetrics:
             "Events from Kafka skipped because their offset was already applied (redelivery after a restart)",
             registry=registry,
         )
+        self.folded = Counter(
+            "kpi_dimension_values_folded",
+            "Applied events whose rep, source or segment was counted as 'other' because the"
+            " dimension already holds KPI_DIMENSION_CAP distinct values, by dimension",
+            ["dimension"],
+            registry=registry,
+        )
         self.event_to_state = Histogram(
             "kpi_event_to_state_seconds",
             "Seconds from the Kafka message timestamp to the Redis apply that made the event visible",
@@ -78,6 +85,8 @@ class OpMetrics:
             self.processed.labels(kind)
         for reason in ev.REJECTION_REASONS:
             self.rejected.labels(reason)
+        for dim in FOLDED_DIMENSIONS:
+            self.folded.labels(dim)
 
     def record_apply(
         self,
@@ -99,6 +108,8 @@ class OpMetrics:
         applied = Tally(_event_type(events[i]) for i, o in enumerate(result.outcomes) if o is Outcome.APPLIED)
         for kind, n in applied.items():
             self.processed.labels(kind).inc(n)
+        for dim, n in result.folded.items():
+            self.folded.labels(dim).inc(n)
         if result.duplicates:
             self.duplicate.inc(result.duplicates)
         if result.redelivered:

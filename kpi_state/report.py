@@ -1,8 +1,10 @@
 """The section-5 document: every window, every dimension and ``current``, read from buckets.
 
 One read is one read-only script call that sums the buckets inside Redis (60 minute +
-24 hour + 90 day buckets, the lifetime totals and the current state); windows sharing a
-granularity are summed incrementally (7d, then 30d, then 90d over the same day buckets).
+24 hour + 90 day buckets, the lifetime totals and the current state, or only those of the
+windows asked for); windows sharing a granularity are summed incrementally (7d, then 30d,
+then 90d over the same day buckets). The write-time dimension cap bounds the fields of every
+bucket, so a read's Redis time is bounded whatever the input.
 """
 
 from __future__ import annotations
@@ -51,26 +53,32 @@ class KpiReader:
         self._probabilities = {s.name: s.probability for s in settings.stage_list}
         self._currency = settings.currency
 
-    async def window_fields(self, as_of: datetime) -> tuple[dict[str, Counters], Counters]:
-        """Summed bucket fields per window name, and the current-state hash.
+    async def window_fields(
+        self, as_of: datetime, windows: Iterable[str] | None = None
+    ) -> tuple[dict[str, Counters], Counters]:
+        """Summed bucket fields per window name (every window, or only ``windows``), and the
+        current-state hash.
 
         Windows of one granularity are nested (bucket lists newest first, each a prefix
         of the longest), so each granularity is one group whose cuts are the windows'
-        lengths; Redis sums them in one script call.
+        lengths; Redis sums them in one script call, reading only the buckets of the
+        windows asked for.
         """
+        wanted = None if windows is None else set(windows)
         by_granularity: dict[str, list[Window]] = {}
         for window in WINDOWS:
-            by_granularity.setdefault(window.granularity or "all", []).append(window)
+            if wanted is None or window.name in wanted:
+                by_granularity.setdefault(window.granularity or "all", []).append(window)
         groups: list[tuple[list[str], list[int]]] = []
         order: list[str] = []
-        for gran, windows in by_granularity.items():
+        for gran, nested in by_granularity.items():
             if gran == "all":
                 groups.append((["all"], [1]))
             else:
-                longest = max(windows, key=lambda w: w.buckets)
+                longest = max(nested, key=lambda w: w.buckets)
                 starts = self._clock.window_buckets(longest, as_of)
-                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in windows]))
-            order.extend(w.name for w in windows)
+                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested]))
+            order.extend(w.name for w in nested)
         groups.append((["cur"], [1]))
         sums = await self._store.sum_windows(groups)
         return dict(zip(order, sums[:-1], strict=True)), sums[-1]
@@ -112,21 +120,16 @@ class KpiReader:
         self, as_of: datetime | None = None, windows: Iterable[str] | None = None
     ) -> dict[str, Any]:
         as_of = as_of or datetime.now(UTC)
-        per_window, cur = await self.window_fields(as_of)
+        per_window, cur = await self.window_fields(as_of, windows)
         current_doc = self.current(cur)
         current = Current(
             active_customers=current_doc["active_customers"],
             open_deals=current_doc["pipeline"]["open_deals"],
         )
-        wanted = set(windows) if windows is not None else None
         return {
             "as_of": format_instant(as_of),
             "currency": self._currency,
-            "windows": {
-                name: self.window_document(fields, current)
-                for name, fields in per_window.items()
-                if wanted is None or name in wanted
-            },
+            "windows": {name: self.window_document(fields, current) for name, fields in per_window.items()},
             "current": current_doc,
         }
 

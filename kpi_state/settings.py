@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     bucket_grace_seconds: int = Field(default=6 * 3600, ge=60)
 
     label_cap: int = Field(default=100, ge=1)
+    # Distinct values per dimension (rep, source, segment) the store admits, at write time;
+    # later values count as "other". Bounds state size and read time whatever the input.
+    dimension_cap: int = Field(default=500, ge=1, le=100_000)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     message_batch: int = Field(default=100, ge=1, le=10_000)
 
@@ -144,3 +147,31 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic}.dlq"
+
+    # HTTP hardening
+    # Events in one POST /events body; more is 413 ``too_many_events`` before any validation.
+    ingest_max_events: int = Field(default=1000, ge=1, le=1_000_000)
+    # Rejections an ingest answer lists one by one; the rest are only counted by reason.
+    ingest_rejections_listed: int = Field(default=20, ge=0, le=1000)
+    # Threads that parse and validate ingest bodies, off the event loop (others wait their turn).
+    ingest_validation_threads: int = Field(default=2, ge=1, le=64)
+    # Token bucket per ingest credential (each bearer token; the HMAC secret): requests per
+    # second and burst. 0 requests per second: no limit.
+    ingest_rate_per_second: float = Field(default=50.0, ge=0.0)
+    ingest_rate_burst: int = Field(default=100, ge=1)
+    # A signed request's X-Signature-Timestamp may be this far from the server's clock.
+    ingest_signature_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    # Longest wait for the broker to acknowledge an ingest publish before answering 503.
+    ingest_publish_timeout_seconds: float = Field(default=5.0, gt=0.0, le=120.0)
+    # Bearer tokens for the read side (GET /api/kpis, /metrics, the wall page) and keys for
+    # wall screens (?key= on the wall page and its /api/kpis calls). Both empty: reads are open.
+    read_tokens: Annotated[str, NoDecode] = ""
+    view_keys: Annotated[str, NoDecode] = ""
+
+    @property
+    def read_token_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.read_tokens.split(",") if t.strip())
+
+    @property
+    def view_key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.view_keys.split(",") if k.strip())

@@ -3,12 +3,15 @@
 Key layout under the namespace prefix ``<ns>:`` (see lua/apply.lua for writes):
 
 - ``m:<start>``, ``h:<start>``, ``d:<start>``: hash per minute/hour/day bucket, fields
-  ``<counter>`` (total) and ``<counter>|<r|s|g>|<value>`` (by rep/source/segment);
-  expire after their window plus a margin.
+  ``<counter>`` (total) and ``<counter>|<r|s|g>|<value>`` (by rep/source/segment), values
+  exact decimal integers of any size; expire after their window plus a margin.
 - ``all``: the same fields for lifetime totals, never expires.
 - ``cur``: not-windowed state: ``ac`` active customers, ``po|<stage>`` open deals,
   ``pv|<stage>`` open pipeline value (micro-units).
-- ``L:<lead>``, ``D:<deal>``, ``C:<customer>``: msgpack join state per entity.
+- ``L:<lead>``, ``D:<deal>``, ``C:<customer>``: msgpack join state per entity (dimension
+  values stored as their labels, see ``dv:``).
+- ``dv:r``, ``dv:s``, ``dv:g``: set of the rep / source / segment values admitted by the
+  write-time dimension cap (``Settings.dimension_cap``); later values count as ``other``.
 - ``seen:<event_id>``: de-duplication marks (TTL); ``wm``: newest event time seen;
   ``offsets``: per-partition Kafka offset watermarks.
 """
@@ -35,11 +38,22 @@ from kpi_state.windows import LONGEST_BUCKETS, NOMINAL_SECONDS, BucketClock, epo
 
 log = structlog.get_logger(__name__)
 
-APPLY_SCRIPT = resources.files("kpi_state").joinpath("lua/apply.lua").read_text(encoding="utf-8")
-SUM_SCRIPT = resources.files("kpi_state").joinpath("lua/sum_windows.lua").read_text(encoding="utf-8")
 
-# Largest amount accepted per event: micro-units must stay exact in Lua's doubles (2^53).
+def lua_source(name: str) -> str:
+    """A script of kpi_state/lua/."""
+    return resources.files("kpi_state").joinpath(f"lua/{name}").read_text(encoding="utf-8")
+
+
+# Both scripts add counters exactly past 2^53 with the wide integers of wide.lua.
+APPLY_SCRIPT = lua_source("wide.lua") + lua_source("apply.lua")
+SUM_SCRIPT = lua_source("wide.lua") + lua_source("sum_windows.lua")
+
+# Largest amount accepted per event. The scripts need every single contribution below 2^52
+# in magnitude (sums of any size stay exact): 1e9 is 1e15 micro-units.
 MAX_AMOUNT = 1e9
+
+# The order of the fold counts apply.lua returns.
+FOLDED_DIMENSIONS = ("rep", "source", "segment")
 
 _TYPE_CODES = {
     "lead.created": "LC",
@@ -91,6 +105,9 @@ class ApplyResult:
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
     # One outcome per input position.
     outcomes: list[Outcome] = field(default_factory=list)
+    # Applied events whose value of a dimension ("rep", "source", "segment") was folded into
+    # "other" by the write-time dimension cap.
+    folded: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -296,6 +313,7 @@ class KpiStore:
                 "grace": settings.bucket_grace_seconds,
                 "dttl": settings.dedupe_ttl_seconds,
                 "ettl": settings.entity_retention_seconds,
+                "cap": settings.dimension_cap,
             }
         )
 
@@ -358,7 +376,8 @@ class KpiStore:
         if batch.args is None:
             return result
         raw = await self._script(args=batch.args)
-        codes = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        codes = _text(raw[0])
+        result.folded = {dim: int(n) for dim, n in zip(FOLDED_DIMENSIONS, raw[1:4], strict=True) if n}
         for pos, code in zip(positions, codes, strict=True):
             outcome = Outcome(code)
             result.outcomes[pos] = outcome

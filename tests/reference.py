@@ -12,6 +12,9 @@ Team interpretations where DESIGN is terse (see the docstrings below):
   the lead's source/segment count only if that lead sent ``lead.created``.
 - A lead converts once, at its earliest linked ``deal.won``; cohort conversions at
   the lead's creation (only for leads that sent ``lead.created``).
+- Past ``settings.dimension_cap`` distinct values of a dimension, later values (in
+  applied order) count as ``"other"`` (``DimensionCap``); tests that compare unordered
+  deliveries stay below the cap.
 - Conflicting facts keep the first one in the given order (the order they are
   applied in), as the store does.
 """
@@ -41,7 +44,7 @@ from kpi_state.events import (
 )
 from kpi_state.settings import Settings
 
-UNASSIGNED, UNKNOWN = "unassigned", "unknown"
+UNASSIGNED, UNKNOWN, OTHER = "unassigned", "unknown", "other"
 WINDOW_NAMES = ("1h", "24h", "7d", "30d", "90d", "all")
 
 FUNNEL_KPIS = (
@@ -103,31 +106,69 @@ class EventSet:
         return [t for t in self.terminals.values() if isinstance(t, DealLost)]
 
 
-def accept(events: Iterable[Event]) -> EventSet:
+class DimensionCap:
+    """The write-time dimension cap: per dimension, the first ``cap`` distinct values of the
+    applied events, in applied order, keep their name; later ones are ``"other"``. The
+    defaults and ``"other"`` itself are always themselves and take no place."""
+
+    RESERVED = frozenset({UNASSIGNED, UNKNOWN, OTHER})
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.admitted: dict[str, set[str]] = {"rep": set(), "source": set(), "segment": set()}
+
+    def label(self, dim: str, value: str | None) -> str | None:
+        if value is None or value in self.RESERVED:
+            return value
+        admitted = self.admitted[dim]
+        if value not in admitted and len(admitted) >= self.cap:
+            return OTHER
+        admitted.add(value)
+        return value
+
+    def relabel(self, e: Event) -> Event:
+        """``e`` with each dimension value it carries replaced by its label."""
+        update: dict[str, str | None] = {}
+        for dim, name in (("rep", "rep_id"), ("source", "source"), ("segment", "segment")):
+            if hasattr(e, name):
+                update[name] = self.label(dim, getattr(e, name))
+        return e.model_copy(update=update)
+
+
+def _conflicts(s: EventSet, e: Event) -> bool:
+    match e:
+        case LeadCreated():
+            return e.lead_id in s.leads
+        case DealCreated():
+            return e.deal_id in s.deals
+        case DealWon() | DealLost():
+            return e.deal_id in s.terminals
+    return False
+
+
+def accept(events: Iterable[Event], dimension_cap: int | None = None) -> EventSet:
     """Which events the store applies, in the order given.
 
     An event whose ``event_id`` was already applied is a duplicate (first wins). A
     second ``lead.created`` for a lead, a second ``deal.created`` for a deal, or a second
     terminal ``deal.won``/``deal.lost`` for a deal is a conflict: rejected, and (not being
-    applied) its ``event_id`` stays free.
+    applied) its ``event_id`` stays free. With ``dimension_cap``, applied events carry their
+    dimension labels (``DimensionCap``) instead of the raw values.
     """
     s = EventSet({}, [], {}, [], {}, [], [], [], [])
     applied_ids: set[str] = set()
+    cap = DimensionCap(dimension_cap) if dimension_cap is not None else None
     for e in events:
-        if e.event_id in applied_ids:
+        if e.event_id in applied_ids or _conflicts(s, e):
             continue
+        if cap is not None:
+            e = cap.relabel(e)
         match e:
             case LeadCreated():
-                if e.lead_id in s.leads:
-                    continue
                 s.leads[e.lead_id] = e
             case DealCreated():
-                if e.deal_id in s.deals:
-                    continue
                 s.deals[e.deal_id] = e
             case DealWon() | DealLost():
-                if e.deal_id in s.terminals:
-                    continue
                 s.terminals[e.deal_id] = e
             case LeadQualified():
                 s.qualifications.append(e)
@@ -497,8 +538,9 @@ def window_document(
 
 
 def reference_document(events: Sequence[Event], settings: Settings, as_of: datetime) -> dict[str, Any]:
-    """The section-5 JSON document for ``events`` applied in the given order, read at ``as_of``."""
-    applied = accept(events)
+    """The section-5 JSON document for ``events`` applied in the given order, read at ``as_of``
+    (dimension values past ``settings.dimension_cap`` counted as ``"other"``)."""
+    applied = accept(events, settings.dimension_cap)
     contribs = contributions(applied, settings)
     current = current_state(applied, settings)
     active_now = current["active_customers"]

@@ -224,12 +224,20 @@
   }
 
   // ---- polling ----
+  // A wall screen opened as /?key=<view key> passes the same key on its API calls
+  // (the server compares it with KPI_VIEW_KEYS; without configured keys it is ignored).
+  const VIEW_KEY = new URLSearchParams(location.search).get("key");
+
+  function withKey(url) {
+    return VIEW_KEY ? `${url}&key=${encodeURIComponent(VIEW_KEY)}` : url;
+  }
+
   async function getJson(url) {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
     try {
-      const res = await fetch(url, { cache: "no-store", signal: controller.signal });
-      if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+      const res = await fetch(withKey(url), { cache: "no-store", signal: controller.signal });
+      if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`); // url without the key: never logged
       return await res.json();
     } finally {
       clearTimeout(timer);

@@ -5,7 +5,8 @@
 -- ARGV[1] key prefix, e.g. "kpi:"
 -- ARGV[2] JSON config {keep={m=,h=,d=} seconds a bucket is kept after its start, measured
 --         against the newest event time; grace = extra seconds of processing time;
---         dttl = de-duplication TTL; ettl = entity TTL}
+--         dttl = de-duplication TTL; ettl = entity TTL; cap = distinct values admitted per
+--         dimension}
 -- ARGV[3] msgpack array of facts (built by store.py; msgpack decodes ~2x faster than JSON), each:
 --         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s, as
 --         strings: number-to-string conversion in Lua costs a microsecond per key),
@@ -14,8 +15,21 @@
 --         and optionally w (offset-watermark field) and o (offset) for events read from Kafka.
 -- ARGV[4] JSON object {watermark field: offset} to raise after the batch (Kafka partitions).
 -- ARGV[5] newest occurred_at of the batch, epoch seconds.
--- Returns a string with one character per fact, in order: 'a' applied, 'd' duplicate,
---         'r' redelivered (offset at or below the watermark), 'c' conflict.
+-- Returns {outcomes, folds_r, folds_s, folds_g}: outcomes is a string with one character per
+--         fact, in order: 'a' applied, 'd' duplicate, 'r' redelivered (offset at or below the
+--         watermark), 'c' conflict; folds_* count the applied facts whose rep / source /
+--         segment was folded into 'other' by the dimension cap.
+--
+-- Counters are exact integers of any size (wide.lua, prepended by store.py): every
+-- contribution is below 2^52 in magnitude, sums spill into wide integers before a double
+-- could lose a unit, so no counter is ever rounded or wrapped.
+--
+-- Dimension cap: each dimension (r, s, g) admits at most CFG.cap distinct values, recorded
+-- for good in the set "dv:<dim>"; a value first seen once the set is full is counted under
+-- 'other'. 'unassigned', 'unknown' and 'other' are reserved labels, always themselves and not
+-- counted. A value is mapped to its label once, when the event carrying it is applied, and
+-- entities store the label, never the raw value: a later retraction hits exactly the label
+-- the addition hit, even if the cap is changed in between.
 --
 -- Contract: the final state depends only on the set of events applied, not on their
 -- order or batching. Each entity (lead L, deal D, customer C) keeps what its joins need;
@@ -37,15 +51,33 @@ if batch_wm > WM then
   redis.call('SET', P .. 'wm', string.format('%d', WM))
 end
 
-local DELTA, TTL = {}, {}
+-- DELTA[key][field]: the double part of a pending delta, always below W_SPILL in magnitude;
+-- WIDE[key][field]: the part spilled past it (rare: a batch adding 4.5e9 currency units).
+local DELTA, WIDE, TTL = {}, {}, {}
 
+local function spill(key, field, x)
+  local w = WIDE[key]
+  if not w then
+    w = {}
+    WIDE[key] = w
+  end
+  local prev = w[field]
+  w[field] = prev and w_add(prev, w_of_number(x)) or w_of_number(x)
+end
+
+-- v: an integer below 2^52 in magnitude, so the double sum below is exact.
 local function bump(key, field, v)
   local h = DELTA[key]
   if not h then
     h = {}
     DELTA[key] = h
   end
-  h[field] = (h[field] or 0) + v
+  local x = (h[field] or 0) + v
+  if x >= W_SPILL or x <= -W_SPILL then
+    spill(key, field, x)
+    x = 0
+  end
+  h[field] = x
 end
 
 -- tb = {t, event_id, minute, hour, day}: an event's time, its tie-breaker and buckets.
@@ -456,6 +488,71 @@ local function state_amount(D, t, f)
   if f.a then state(D, 'A', t, f.a, f.ar) end
 end
 
+-- Write-time dimension cap (see the header). DIMS[code]: the admitted-set key, its size, the
+-- labels decided in this batch and the values newly admitted (written at the end).
+local RESERVED = { unassigned = true, unknown = true, other = true }
+local DIMS = {}
+-- Admissions made by the fact being applied: undone if it turns out a conflict, so a refused
+-- event takes no slot.
+local NOW_N, NOW_D, NOW_V = 0, {}, {}
+
+local function label(code, value)
+  if RESERVED[value] then return value end
+  local d = DIMS[code]
+  if not d then
+    local key = P .. 'dv:' .. code
+    d = { key = key, n = redis.call('SCARD', key), label = {}, new = {} }
+    DIMS[code] = d
+  end
+  local l = d.label[value]
+  if l == nil then
+    if redis.call('SISMEMBER', d.key, value) == 1 then
+      l = value
+    elseif d.n < CFG.cap then
+      l = value
+      d.n = d.n + 1
+      d.new[value] = true
+      NOW_N = NOW_N + 1
+      NOW_D[NOW_N], NOW_V[NOW_N] = d, value
+    else
+      l = 'other'
+    end
+    d.label[value] = l
+  end
+  return l
+end
+
+-- Replaces the fact's raw dimension values by their labels; returns a bit mask of the folded
+-- dimensions (1 rep, 2 source, 4 segment).
+local function resolve(f)
+  NOW_N = 0
+  local folded = 0
+  local l
+  if f.r then
+    l = label('r', f.r)
+    if l ~= f.r then folded, f.r = folded + 1, l end
+  end
+  if f.s then
+    l = label('s', f.s)
+    if l ~= f.s then folded, f.s = folded + 2, l end
+  end
+  if f.g then
+    l = label('g', f.g)
+    if l ~= f.g then folded, f.g = folded + 4, l end
+  end
+  return folded
+end
+
+local function undo_admissions()
+  for i = 1, NOW_N do
+    local d, v = NOW_D[i], NOW_V[i]
+    d.n = d.n - 1
+    d.new[v] = nil
+    d.label[v] = nil
+  end
+  NOW_N = 0
+end
+
 local H = {}
 
 local function lead_event(f, mutate)
@@ -599,6 +696,7 @@ H.SV = function(f)
 end
 
 local outcome, seen_now, offsets = {}, {}, {}
+local folds = { 0, 0, 0 }
 
 for idx, f in ipairs(FACTS) do
   local stale = false
@@ -614,32 +712,51 @@ for idx, f in ipairs(FACTS) do
     outcome[idx] = 'r'
   elseif seen_now[f.i] or redis.call('EXISTS', SEEN .. f.i) == 1 then
     outcome[idx] = 'd'
-  elseif H[f.y](f) == 'conflict' then
-    outcome[idx] = 'c'
   else
-    outcome[idx] = 'a'
-    seen_now[f.i] = true
+    local folded = resolve(f)
+    if H[f.y](f) == 'conflict' then
+      undo_admissions()
+      outcome[idx] = 'c'
+    else
+      outcome[idx] = 'a'
+      seen_now[f.i] = true
+      if folded > 0 then
+        if folded % 2 == 1 then folds[1] = folds[1] + 1 end
+        if folded % 4 >= 2 then folds[2] = folds[2] + 1 end
+        if folded >= 4 then folds[3] = folds[3] + 1 end
+      end
+    end
   end
 end
 
 -- Writes only from here on.
 -- One HMGET and one HSET per key (in chunks: unpack() is bounded by the Lua C stack)
--- instead of one HINCRBY per field, since the per-call cost of redis.call dominates.
--- Counters stay exact while below 2^53 (9e9 currency units in micro-units).
+-- instead of one HINCRBY per field, since the per-call cost of redis.call dominates (and
+-- HINCRBY stops at 2^63). A stored counter and a delta that are both short add exactly in
+-- doubles; anything longer takes the wide path.
 local CHUNK = 1000
-local function flush_fields(key, names, deltas, first, last)
+local function flush_fields(key, names, deltas, wides, first, last)
   local old = redis.call('HMGET', key, unpack(names, first, last))
   local set, gone = {}, {}
   local existed = false
   for i = first, last do
     local prev = old[i - first + 1]
     if prev then existed = true end
-    local v = (tonumber(prev) or 0) + deltas[i]
-    if v == 0 then
-      if prev then gone[#gone + 1] = names[i] end
+    local w, out = wides and wides[names[i]], nil
+    if not w and (not prev or #prev <= W_SHORT) then
+      local v = (tonumber(prev) or 0) + deltas[i]  -- below 1e15 + 2^52 < 2^53: exact
+      if v ~= 0 then out = string.format('%d', v) end
     else
+      local v = w_of_number(deltas[i])
+      if w then v = w_add(v, w) end
+      if prev then v = w_add(v, w_of_string(prev)) end
+      if not w_is_zero(v) then out = w_tostring(v) end
+    end
+    if out then
       set[#set + 1] = names[i]
-      set[#set + 1] = string.format('%d', v)
+      set[#set + 1] = out
+    elseif prev then
+      gone[#gone + 1] = names[i]
     end
   end
   if #set > 0 then redis.call('HSET', key, unpack(set)) end
@@ -648,21 +765,30 @@ local function flush_fields(key, names, deltas, first, last)
 end
 
 for key, fields in pairs(DELTA) do
+  local wides = WIDE[key]
   local names, deltas = {}, {}
   for field, v in pairs(fields) do
-    if v ~= 0 then
+    if v ~= 0 or (wides and wides[field] and not w_is_zero(wides[field])) then
       names[#names + 1] = field
       deltas[#deltas + 1] = v
     end
   end
   local existed = false
   for first = 1, #names, CHUNK do
-    existed = flush_fields(key, names, deltas, first, math.min(first + CHUNK - 1, #names)) or existed
+    existed = flush_fields(key, names, deltas, wides, first, math.min(first + CHUNK - 1, #names)) or existed
   end
   -- A key holding one of these fields already has its TTL, set when it was created with a
   -- newest-event time no later than now, so it is no shorter than what we would set.
   local ttl = TTL[key]
   if ttl and #names > 0 and not existed then redis.call('EXPIRE', key, string.format('%d', ttl)) end
+end
+-- The admitted sets never expire: an admitted value keeps its label for good.
+for _, d in pairs(DIMS) do
+  local vals = {}
+  for v in pairs(d.new) do vals[#vals + 1] = v end
+  for first = 1, #vals, CHUNK do
+    redis.call('SADD', d.key, unpack(vals, first, math.min(first + CHUNK - 1, #vals)))
+  end
 end
 for key in pairs(DIRTY) do
   local s = ENT[key]
@@ -678,4 +804,4 @@ for field, off in pairs(MARKS) do
   if off > cur then redis.call('HSET', OFFSETS, field, string.format('%d', off)) end
 end
 
-return table.concat(outcome)
+return { table.concat(outcome), folds[1], folds[2], folds[3] }

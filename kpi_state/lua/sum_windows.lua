@@ -9,8 +9,8 @@
 -- ARGV[1] number of groups; then per group: the number of cuts, then each cut (a count of
 --         the group's keys, increasing; the last one is the group's size).
 -- Returns one flat array {field, value, ...} per cut, in order: the sum of the group's
---         first <cut> hashes. Values are integers (counters are stored with %d and every
---         sum stays below 2^53, as the lifetime totals do), returned as integer replies.
+--         first <cut> hashes, exact: an integer reply while below 2^52 in magnitude, else a
+--         decimal string (counters may exceed 2^63; wide.lua, prepended by store.py).
 -- Missing keys count as empty hashes.
 
 local call, tonumber, pairs = redis.call, tonumber, pairs  -- locals: faster than globals in the loop
@@ -18,7 +18,8 @@ local out = {}
 local pos = 1
 local a = 2
 for _ = 1, tonumber(ARGV[1]) do
-  local acc = {}
+  -- acc[field]: the double part of the sum, below W_SPILL; wide[field]: the rest, if any.
+  local acc, wide = {}, {}
   local ncuts = tonumber(ARGV[a])
   a = a + 1
   local first = pos
@@ -28,15 +29,31 @@ for _ = 1, tonumber(ARGV[1]) do
     while pos <= upto do
       local h = call('HGETALL', KEYS[pos])
       for i = 1, #h, 2 do
-        local k = h[i]
-        acc[k] = (acc[k] or 0) + tonumber(h[i + 1])
+        local k, v = h[i], h[i + 1]
+        local x
+        if #v <= W_SHORT then
+          x = (acc[k] or 0) + tonumber(v)  -- below 2^52 + 1e15 < 2^53: exact
+        else
+          local w = w_of_string(v)
+          wide[k] = wide[k] and w_add(wide[k], w) or w
+          x = acc[k] or 0
+        end
+        if x >= W_SPILL or x <= -W_SPILL then
+          wide[k] = wide[k] and w_add(wide[k], w_of_number(x)) or w_of_number(x)
+          x = 0
+        end
+        acc[k] = x
       end
       pos = pos + 1
     end
     local flat, n = {}, 0
     for k, v in pairs(acc) do
       flat[n + 1] = k
-      flat[n + 2] = v
+      if wide[k] then
+        flat[n + 2] = w_tostring(w_add(wide[k], w_of_number(v)))
+      else
+        flat[n + 2] = v
+      end
       n = n + 2
     end
     out[#out + 1] = flat

@@ -148,6 +148,19 @@ def test_kpi_serve_publishes_its_port_and_takes_ingest_tokens(services: dict[str
     assert _option(argv, "--port") == "9300"
     assert any(str(p).endswith("9300:9300") for p in serve["ports"])
     assert "KPI_INGEST_TOKENS" in serve["environment"]
+    for setting in ("KPI_INGEST_HMAC_SECRET", "KPI_READ_TOKENS", "KPI_VIEW_KEYS"):
+        assert setting in serve["environment"], setting
+
+
+def test_published_ports_bind_to_loopback_unless_told_otherwise(services: dict[str, Any]) -> None:
+    """KPIs are sensitive and several services have no login: nothing listens on every
+    interface by default (issue 15); KPI_BIND_ADDRESS opens them deliberately."""
+    published = {name: service["ports"] for name, service in services.items() if "ports" in service}
+    assert {"kpi-serve", "prometheus", "grafana"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            host = re.sub(r"\$\{KPI_BIND_ADDRESS:-([^}]*)\}", r"\1", str(port)).rsplit(":", 2)
+            assert len(host) == 3 and host[0] == "127.0.0.1", (name, port)
 
 
 def test_simulator_only_runs_with_the_sim_profile(services: dict[str, Any]) -> None:

@@ -68,6 +68,8 @@ async def snapshot(store: KpiStore) -> dict[str, Any]:
         kind = (await client.type(raw)).decode()
         if kind == "hash":
             out[name] = await client.hgetall(raw)
+        elif kind == "set":
+            out[name] = await client.smembers(raw)
         elif name[:2] in ("L:", "D:", "C:"):
             out[name] = msgpack.unpackb(await client.get(raw), strict_map_key=False)
         else:
@@ -431,11 +433,12 @@ def test_key_lifetimes(make_settings: SettingsFactory, open_store: StoreOpener) 
             await store.apply([old, *HISTORY])
             lifetimes = await ttls(store)
             kinds = {name.split(":", 1)[0] for name in lifetimes}
-            assert kinds == {"m", "h", "d", "all", "cur", "L", "D", "C", "seen", "wm"}
+            assert kinds == {"m", "h", "d", "all", "cur", "L", "D", "C", "seen", "wm", "dv"}
             for name, ttl in lifetimes.items():
                 kind = name.split(":", 1)[0]
-                if kind in ("all", "cur", "wm"):
-                    assert ttl == -1, name  # lifetime totals and current state never expire
+                if kind in ("all", "cur", "wm", "dv"):
+                    # lifetime totals, current state and admitted dimension values never expire
+                    assert ttl == -1, name
                 elif kind in ("L", "D", "C"):
                     assert 2 * 86400 - 5 <= ttl <= 2 * 86400, name
                 elif kind == "seen":

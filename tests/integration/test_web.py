@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import sys
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -152,8 +153,11 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     )
 
 
-def sign(body: bytes, secret: str = SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """The signature headers: HMAC-SHA256 over ``<timestamp>.<body>`` (default timestamp: now)."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Signature-Timestamp": stamp, "X-Signature-256": "sha256=" + mac}
 
 
 # ---- POST /events ----
@@ -166,10 +170,15 @@ def test_single_event_and_batch_are_accepted_and_published(settings: Settings) -
     async def scenario(client: httpx.AsyncClient, runtime: Runtime) -> None:
         one = await client.post("/events", content=orjson.dumps(events[0]), headers=JSON)
         assert one.status_code == 202
-        assert one.json() == {"accepted": 1, "rejected": []}
+        assert one.json() == {"accepted": 1, "rejected": [], "rejected_count": 0, "rejected_by_reason": {}}
         many = await client.post("/events", content=orjson.dumps(events[1:]), headers=JSON)
         assert many.status_code == 202
-        assert many.json() == {"accepted": len(events) - 1, "rejected": []}
+        assert many.json() == {
+            "accepted": len(events) - 1,
+            "rejected": [],
+            "rejected_count": 0,
+            "rejected_by_reason": {},
+        }
 
     drive(settings, scenario, pub)
     assert pub.events == events  # the objects as received, in order
@@ -334,16 +343,23 @@ def test_signature_authenticates_and_a_bad_one_is_401(settings: Settings) -> Non
     plain = {"Content-Type": "application/json"}
 
     async def scenario(client: httpx.AsyncClient, runtime: Runtime) -> None:
-        ok = await client.post("/events", content=body, headers={**plain, "X-Signature-256": sign(body)})
+        ok = await client.post("/events", content=body, headers={**plain, **sign(body)})
         assert ok.status_code == 202
         assert ok.json()["accepted"] == 2
-        for bad in (sign(body, "other"), sign(body + b" "), "sha1=" + sign(body)[7:], "sha256=zz", ""):
-            response = await client.post("/events", content=body, headers={**plain, "X-Signature-256": bad})
+        good = sign(body)
+        for bad in (
+            sign(body, "other")["X-Signature-256"],
+            sign(body + b" ")["X-Signature-256"],
+            "sha1=" + good["X-Signature-256"][7:],
+            "sha256=zz",
+            "",
+        ):
+            response = await client.post(
+                "/events", content=body, headers={**plain, **good, "X-Signature-256": bad}
+            )
             assert response.status_code == 401, bad
         # A present but wrong signature is refused even with a valid token.
-        both = await client.post(
-            "/events", content=body, headers={**JSON, "X-Signature-256": sign(body, "other")}
-        )
+        both = await client.post("/events", content=body, headers={**JSON, **sign(body, "other")})
         assert both.status_code == 401
 
     drive(settings, scenario, pub)

@@ -100,3 +100,16 @@ def test_rejections_lag_and_readiness() -> None:
     assert get("kpi_worker_ready") == 1
     ops.set_ready(False)
     assert get("kpi_worker_ready") == 0
+
+
+def test_record_apply_counts_folded_dimension_values() -> None:
+    reg = CollectorRegistry()
+    ops = OpMetrics(reg)
+    get = reg.get_sample_value
+    for dim in ("rep", "source", "segment"):
+        assert get("kpi_dimension_values_folded_total", {"dimension": dim}) == 0
+    result = ApplyResult(applied=2, outcomes=[A, A], folded={"rep": 1, "source": 2})
+    ops.record_apply(result, [lead(1), lead(2)], now=10.0)
+    assert get("kpi_dimension_values_folded_total", {"dimension": "rep"}) == 1
+    assert get("kpi_dimension_values_folded_total", {"dimension": "source"}) == 2
+    assert get("kpi_dimension_values_folded_total", {"dimension": "segment"}) == 0

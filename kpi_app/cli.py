@@ -184,6 +184,10 @@ def simulate(
     reps: Annotated[int, typer.Option(help="sales reps")] = 8,
     leads_per_day: Annotated[float, typer.Option(help="lead volume")] = 120.0,
     conversion_drop: Annotated[bool, typer.Option(help="scenario: conversion drops (alert demo)")] = False,
+    corrections: Annotated[
+        bool,
+        typer.Option(help="the CRM's later edits: reopens, reassignments, amount fixes, deletions, merges"),
+    ] = True,
     kafka_url: KafkaUrl = None,
     rate: Annotated[float, typer.Option(help="live: events per second, once the funnel is full")] = 20.0,
     duration: Annotated[
@@ -211,6 +215,7 @@ def simulate(
             stages=settings.stage_names,
             conversion_drop=conversion_drop,
             time_scale=time_scale,
+            corrections=corrections,
         )
         _simulate_live(settings, live, rate=rate, duration=duration, history_days=history_days)
         return
@@ -221,6 +226,7 @@ def simulate(
         stages=settings.stage_names,
         leads_per_day=leads_per_day,
         conversion_drop=conversion_drop,
+        corrections=corrections,
     )
     end = datetime.now(UTC).replace(microsecond=0)
     start = end - timedelta(days=history_days)

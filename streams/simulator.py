@@ -7,6 +7,12 @@ cycle lazily, its one pending step kept in a heap:
     lead.created -> lead.qualified -> deal.created -> deal.stage_changed* -> deal.won | deal.lost
     deal.won -> customer: revenue.recorded monthly ... customer.churned
 
+and, unless ``SimConfig.corrections`` is off, the CRM's later edits (contract v2,
+docs/corrections.md): a lead's source fixed, a duplicate lead merged away (its deals re-linked),
+an owner reassigned, a deal deleted (sometimes restored), an amount corrected after signature, a
+won deal reopened and then won again (maybe by another rep, for more) or lost. They draw from a
+random stream of their own, so the rest of a history is the same with or without them.
+
 A chunk is generated only when the emission cursor reaches it, so the output depends only on the
 seed and the first ``start`` (the origin), never on how ``[start, end)`` is cut into calls:
 ``simulate_history`` is ``LiveSimulator`` stepped chunk by chunk. Identifiers carry the seed and
@@ -39,6 +45,10 @@ _CUSTOMER_SURVEYS_PER_MONTH = 1.0
 _SALES_SPEND: tuple[tuple[str | None, float], ...] = ((None, 300.0), ("outbound", 50.0))
 _UNASSIGNED_LEADS, _DEAL_FROM_QUALIFIED, _BASE_WIN_RATE = 0.06, 0.8, 0.26
 _SLIP_BACK = 0.04  # a deal falls back one stage, once at most
+# Corrections, per lead, deal or won deal.
+_FIX_SOURCE, _DUPLICATE_LEAD, _DUPLICATE_PICKED = 0.03, 0.01, 0.5
+_REASSIGN, _DELETE, _RESTORE = 0.04, 0.005, 0.3
+_AMEND, _REOPEN, _REWIN = 0.03, 0.03, 0.7
 _DROP_QUALIFY, _DROP_STEP = 0.35, 0.45  # conversion_drop: factors on qualification, on deal steps
 _LOSS_REASONS = ("price", "competitor", "no_budget", "no_decision", "timing", "product_fit", "unresponsive")
 _LOSS_CUM = tuple(accumulate((25, 22, 15, 18, 10, 6, 4)))
@@ -115,6 +125,7 @@ class SimConfig:
     conversion_drop: bool = False
     drop_at: datetime | None = None
     time_scale: float = 1.0
+    corrections: bool = True
 
     def __post_init__(self) -> None:
         if self.reps < 1:
@@ -140,19 +151,23 @@ class _Rep:
 
 
 class _Lead:
-    __slots__ = ("id", "rep", "segment", "source")
+    __slots__ = ("duplicate", "duplicate_deals", "id", "rep", "segment", "source")
 
     def __init__(self, lead_id: str, source: _Source, segment: _Segment, rep: _Rep | None) -> None:
         self.id, self.source, self.segment, self.rep = lead_id, source, segment, rep
+        self.duplicate: str | None = None  # a second record of this lead, until merged away
+        self.duplicate_deals: list[str] = []  # deals created on the duplicate by mistake
 
 
 class _Deal:
-    __slots__ = ("amount", "id", "lead", "next", "rep", "slipped", "stage", "step_p")
+    __slots__ = ("amount", "customer", "id", "lead", "next", "owner", "rep", "slipped", "stage", "step_p")
 
     def __init__(self, deal_id: str, lead: _Lead, rep: _Rep, amount: float, step_p: list[float]) -> None:
         self.id, self.lead, self.rep, self.amount, self.step_p = deal_id, lead, rep, amount, step_p
         self.stage = self.next = 0  # next: the stage of the pending deal.stage_changed
         self.slipped = False
+        self.customer: str | None = None  # set by the win
+        self.owner = rep.name  # the rep its events name: a correction may reassign it (rep keeps the pace)
 
 
 class _Customer:
@@ -163,7 +178,11 @@ class _Customer:
 
 
 # Pending-step kinds in the heap.
-_LEAD, _QUALIFY, _DEAL, _STAGE, _WON, _LOST, _REVENUE, _CHURN, _EMIT = range(9)
+(
+    _LEAD, _QUALIFY, _DEAL, _STAGE, _WON, _LOST, _REVENUE, _CHURN,
+    _FIX_LEAD, _DUP_LEAD, _MERGE, _REASSIGN_DEAL, _DELETE_DEAL, _RESTORE_DEAL, _AMEND_DEAL, _REOPEN_DEAL,
+    _REWIN_DEAL, _RELOST_DEAL, _EMIT,
+) = range(19)  # fmt: skip
 _Body = tuple[str, dict[str, object]]
 
 
@@ -224,9 +243,13 @@ class LiveSimulator:
         self._cursor = self._gen_until = 0
         self._prefix = ""  # set by the first call, from the origin
         self._iso_day, self._iso_date = -(2**62), ""
+        self._fix = random.Random(f"corrections-{config.seed}")
+        self._fixing = config.corrections
         self._handlers: tuple[Callable[[int, Any], _Body], ...] = (
             self._lead, self._qualify, self._deal, self._stage, self._won, self._lost,
             self._revenue, self._churn,
+            self._fix_lead, self._dup_lead, self._merge, self._reassign, self._delete, self._restore,
+            self._amend, self._reopen, self._rewin, self._relost,
         )  # fmt: skip
 
     @property
@@ -281,16 +304,22 @@ class LiveSimulator:
         h, m = divmod(m, 60)
         return f"{self._iso_date}{h:02d}:{m:02d}:{s:02d}.{ms:03d}Z"
 
-    def _later(self, t: int, days: float) -> int:
-        """``t`` plus a scaled delay; delays of a day or more land in business hours, mostly on weekdays."""
+    def _later(self, t: int, days: float, rng: random.Random | None = None) -> int:
+        """``t`` plus a scaled delay; delays of a day or more land in business hours, mostly on weekdays.
+
+        ``rng``: the stream to draw from (corrections pass their own)."""
+        rng = rng or self._rng
         delay = days * _DAY / self._scale
         if delay < _DAY or not self._seasonal:
             return t + max(1, int(delay))
         day = (t + int(delay)) // _DAY
         weekday = (day + 3) % 7  # 1970-01-01 was a Thursday
-        if weekday >= 5 and self._rng.random() < 0.85:  # to Monday .. Wednesday
-            day += 7 - weekday + self._rng.randrange(3)
-        return day * _DAY + _pick(self._rng, _HOUR_CUM) * _HOUR + self._rng.randrange(_HOUR)
+        if weekday >= 5 and rng.random() < 0.85:  # to Monday .. Wednesday
+            day += 7 - weekday + rng.randrange(3)
+        return day * _DAY + _pick(rng, _HOUR_CUM) * _HOUR + rng.randrange(_HOUR)
+
+    def _fix_later(self, t: int, low: float, high: float) -> int:
+        return self._later(t, self._fix.uniform(low, high), self._fix)
 
     def _generate(self, a: int, b: int) -> None:
         """Arrivals of the chunk ``[a, b)``: leads and surveys per hour slice, spend at its start."""
@@ -354,6 +383,12 @@ class LiveSimulator:
         p = source.qualify * (rep.skill**0.5 if rep else 0.9)
         if rng.random() < p * (_DROP_QUALIFY if when >= self._drop_ms else 1.0):
             self._push(when, _QUALIFY, lead)
+        if self._fixing:
+            fix = self._fix
+            if fix.random() < _FIX_SOURCE:
+                self._push(self._fix_later(t, 0.2, 3.0), _FIX_LEAD, lead)
+            if fix.random() < _DUPLICATE_LEAD:
+                self._push(t + _HOUR, _DUP_LEAD, lead)
         return "lead.created", fields
 
     def _qualify(self, t: int, lead: _Lead) -> _Body:
@@ -375,7 +410,17 @@ class LiveSimulator:
         self._deals += 1
         deal = _Deal(f"{self._prefix}-D{self._deals}", lead, rep, amount, step_p)
         self._schedule(deal, t)
-        fields = {"deal_id": deal.id, "lead_id": lead.id, "rep_id": rep.name, "amount": amount}
+        named = lead.id
+        if self._fixing:
+            fix = self._fix
+            if lead.duplicate and fix.random() < _DUPLICATE_PICKED:  # the rep picked the duplicate
+                named = lead.duplicate
+                lead.duplicate_deals.append(deal.id)
+            if fix.random() < _REASSIGN:
+                self._push(self._fix_later(t, 1.0, 10.0), _REASSIGN_DEAL, deal)
+            if fix.random() < _DELETE:
+                self._push(self._fix_later(t, 0.5, 5.0), _DELETE_DEAL, deal)
+        fields = {"deal_id": deal.id, "lead_id": named, "rep_id": rep.name, "amount": amount}
         return "deal.created", {**fields, "stage": self._stages[0]}
 
     def _schedule(self, deal: _Deal, t: int) -> None:
@@ -398,7 +443,7 @@ class LiveSimulator:
         }  # fmt: skip
         deal.stage = deal.next
         if rng.random() < 0.8:
-            fields["rep_id"] = deal.rep.name
+            fields["rep_id"] = deal.owner
         if rng.random() < 0.3:
             deal.amount = round(deal.amount * rng.uniform(0.85, 1.15), 2)
             fields["amount"] = deal.amount
@@ -419,14 +464,21 @@ class LiveSimulator:
         if first < customer.churn_at:
             self._push(first, _REVENUE, customer)
         fields: dict[str, object] = {
-            "deal_id": deal.id, "customer_id": customer.id, "rep_id": deal.rep.name, "amount": amount
+            "deal_id": deal.id, "customer_id": customer.id, "rep_id": deal.owner, "amount": amount
         }  # fmt: skip
         if rng.random() < 0.92:
             fields["lead_id"] = deal.lead.id
+        deal.amount, deal.customer = amount, customer.id
+        if self._fixing:
+            fix = self._fix
+            if fix.random() < _AMEND:
+                self._push(self._fix_later(t, 1.0, 7.0), _AMEND_DEAL, deal)
+            elif fix.random() < _REOPEN:
+                self._push(self._fix_later(t, 1.0, 14.0), _REOPEN_DEAL, deal)
         return "deal.won", fields
 
     def _lost(self, t: int, deal: _Deal) -> _Body:
-        fields: dict[str, object] = {"deal_id": deal.id, "rep_id": deal.rep.name}
+        fields: dict[str, object] = {"deal_id": deal.id, "rep_id": deal.owner}
         if self._rng.random() < 0.92:
             fields["lead_id"] = deal.lead.id
         if self._rng.random() < 0.95:
@@ -448,6 +500,74 @@ class LiveSimulator:
 
     def _pick_rep(self) -> _Rep:
         return self._reps[_pick(self._rng, self._rep_cum)]
+
+    # -- corrections: the CRM's later edits (drawn from self._fix) ------------------------------
+
+    def _other_rep(self, name: str) -> str:
+        others = [r.name for r in self._reps if r.name != name]
+        return self._fix.choice(others) if others else name
+
+    def _fix_lead(self, t: int, lead: _Lead) -> _Body:
+        others = [src for src in _SOURCES if src is not lead.source]
+        return "lead.updated", {"lead_id": lead.id, "source": self._fix.choice(others).name}
+
+    def _dup_lead(self, t: int, lead: _Lead) -> _Body:
+        lead.duplicate = f"{lead.id}-dup"
+        self._push(self._fix_later(t, 1.0, 4.0), _MERGE, lead)
+        fields: dict[str, object] = {"lead_id": lead.duplicate, "source": lead.source.name}
+        return "lead.created", {**fields, "segment": lead.segment.name}
+
+    def _merge(self, t: int, lead: _Lead) -> _Body:
+        """The duplicate merged into the lead: its deals re-linked, then it is deleted."""
+        assert lead.duplicate is not None
+        for deal_id in lead.duplicate_deals:
+            self._push(t, _EMIT, ("deal.updated", {"deal_id": deal_id, "lead_id": lead.id}))
+        duplicate, lead.duplicate, lead.duplicate_deals = lead.duplicate, None, []
+        return "lead.deleted", {"lead_id": duplicate}
+
+    def _reassign(self, t: int, deal: _Deal) -> _Body:
+        deal.owner = self._other_rep(deal.owner)  # later events of the deal name the new owner
+        return "deal.updated", {"deal_id": deal.id, "rep_id": deal.owner}
+
+    def _delete(self, t: int, deal: _Deal) -> _Body:
+        if self._fix.random() < _RESTORE:
+            self._push(self._fix_later(t, 0.2, 2.0), _RESTORE_DEAL, deal)
+        return "deal.deleted", {"deal_id": deal.id}
+
+    def _restore(self, t: int, deal: _Deal) -> _Body:
+        return "deal.restored", {"deal_id": deal.id}
+
+    def _amend(self, t: int, deal: _Deal) -> _Body:
+        deal.amount = round(deal.amount * self._fix.uniform(0.85, 1.1), 2)
+        return "deal.updated", {"deal_id": deal.id, "amount": deal.amount}
+
+    def _reopen(self, t: int, deal: _Deal) -> _Body:
+        fix = self._fix
+        when = self._fix_later(t, 2.0, 20.0)
+        self._push(when, _REWIN_DEAL if fix.random() < _REWIN else _RELOST_DEAL, deal)
+        return "deal.reopened", {"deal_id": deal.id, "stage": self._stages[-1]}
+
+    def _rewin(self, t: int, deal: _Deal) -> _Body:
+        """Won again, for more, by its owner or (one time in three) a colleague who took over."""
+        fix = self._fix
+        if fix.random() < 1 / 3:
+            deal.owner = self._other_rep(deal.owner)
+        deal.amount = round(deal.amount * fix.uniform(1.0, 1.2), 2)
+        fields: dict[str, object] = {
+            "deal_id": deal.id,
+            "customer_id": deal.customer,
+            "rep_id": deal.owner,
+        }
+        return "deal.won", {**fields, "amount": deal.amount, "lead_id": deal.lead.id}
+
+    def _relost(self, t: int, deal: _Deal) -> _Body:
+        reason = _LOSS_REASONS[_pick(self._fix, _LOSS_CUM)]
+        return "deal.lost", {
+            "deal_id": deal.id,
+            "rep_id": deal.owner,
+            "lead_id": deal.lead.id,
+            "reason": reason,
+        }
 
 
 def simulate_history(config: SimConfig, *, start: datetime, end: datetime) -> Iterator[dict[str, object]]:

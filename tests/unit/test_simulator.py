@@ -32,7 +32,21 @@ REQUIRED = {
     "revenue.recorded": {"customer_id", "amount"},
     "customer.churned": {"customer_id"},
     "survey.answered": {"kind", "score"},
+    "lead.updated": {"lead_id"},
+    "lead.deleted": {"lead_id"},
+    "deal.updated": {"deal_id"},
+    "deal.reopened": {"deal_id"},
+    "deal.deleted": {"deal_id"},
+    "deal.restored": {"deal_id"},
 }
+CORRECTIONS = (
+    "lead.updated",
+    "lead.deleted",
+    "deal.updated",
+    "deal.reopened",
+    "deal.deleted",
+    "deal.restored",
+)
 OPTIONAL = {
     "lead.created": {"source", "segment", "rep_id"},
     "lead.qualified": set(),
@@ -44,6 +58,12 @@ OPTIONAL = {
     "revenue.recorded": {"gross_margin"},
     "customer.churned": set(),
     "survey.answered": {"customer_id"},
+    "lead.updated": {"source", "segment", "rep_id"},
+    "lead.deleted": set(),
+    "deal.updated": {"rep_id", "amount", "lead_id"},
+    "deal.reopened": {"stage", "rep_id"},
+    "deal.deleted": set(),
+    "deal.restored": set(),
 }
 
 
@@ -138,9 +158,12 @@ def test_event_ids_are_unique(history: list[Event]) -> None:
 
 def test_entities_have_consistent_life_cycles(history: list[Event]) -> None:
     leads: set[object] = set()
+    duplicates: set[object] = set()  # second records of a lead, merged away later
     qualified: set[object] = set()
     deal_stage: dict[object, object] = {}  # open deals and their current stage
     closed: set[object] = set()
+    deals: set[object] = set()
+    deal_customer: dict[object, object] = {}
     customers: set[object] = set()
     churned: set[object] = set()
     for e in history:
@@ -148,24 +171,43 @@ def test_entities_have_consistent_life_cycles(history: list[Event]) -> None:
         if kind == "lead.created":
             assert e["lead_id"] not in leads
             leads.add(e["lead_id"])
+            if str(e["lead_id"]).endswith("-dup"):
+                assert str(e["lead_id"]).removesuffix("-dup") in leads
+                duplicates.add(e["lead_id"])
         elif kind == "lead.qualified":
             assert e["lead_id"] in leads and e["lead_id"] not in qualified
             qualified.add(e["lead_id"])
+        elif kind == "lead.updated":
+            assert e["lead_id"] in leads and set(e) - {"event_id", "type", "occurred_at", "lead_id"}
+        elif kind == "lead.deleted":  # a merge: only duplicates are deleted
+            assert e["lead_id"] in duplicates
+            duplicates.remove(e["lead_id"])
         elif kind == "deal.created":
-            assert e["deal_id"] not in deal_stage and e["deal_id"] not in closed
-            assert e["lead_id"] in qualified
+            assert e["deal_id"] not in deals
+            assert e["lead_id"] in qualified or e["lead_id"] in duplicates
             assert e["stage"] == STAGES[0]
             deal_stage[e["deal_id"]] = e["stage"]
+            deals.add(e["deal_id"])
         elif kind == "deal.stage_changed":
             assert deal_stage[e["deal_id"]] == e["from_stage"] != e["to_stage"]
             deal_stage[e["deal_id"]] = e["to_stage"]
         elif kind in ("deal.won", "deal.lost"):
-            assert e["deal_id"] in deal_stage, "won or lost without a prior deal.created"
+            assert e["deal_id"] in deal_stage, "won or lost without being open"
             del deal_stage[e["deal_id"]]
             closed.add(e["deal_id"])
             if kind == "deal.won":
-                assert e["customer_id"] not in customers  # every win brings a new customer
+                again = e["deal_id"] in deal_customer  # won again after a reopen: the same customer
+                assert (e["customer_id"] in customers) == again
+                assert deal_customer.setdefault(e["deal_id"], e["customer_id"]) == e["customer_id"]
                 customers.add(e["customer_id"])
+        elif kind == "deal.reopened":
+            assert e["deal_id"] in closed and e["deal_id"] not in deal_stage
+            closed.remove(e["deal_id"])
+            deal_stage[e["deal_id"]] = e["stage"]
+        elif kind in ("deal.updated", "deal.deleted", "deal.restored"):
+            assert e["deal_id"] in deals
+            if "lead_id" in e:  # a re-link by a merge: to the lead itself
+                assert e["lead_id"] in qualified
         elif kind == "revenue.recorded":
             assert e["customer_id"] in customers and e["customer_id"] not in churned
         elif kind == "customer.churned":
@@ -176,6 +218,30 @@ def test_entities_have_consistent_life_cycles(history: list[Event]) -> None:
     # Deals whose outcome falls after the end stay open, at every stage.
     assert set(deal_stage.values()) == set(STAGES)
     assert len(customers) > len(churned) > 0
+
+
+def test_corrections_come_at_realistic_rates_and_can_be_turned_off(history: list[Event]) -> None:
+    kinds = Counter(e["type"] for e in history)
+    won, created, leads = kinds["deal.won"], kinds["deal.created"], kinds["lead.created"]
+    assert 0.01 * leads < kinds["lead.updated"] < 0.06 * leads
+    assert 0.005 * created < kinds["deal.deleted"] < 0.05 * created or kinds["deal.deleted"] >= 1
+    assert 0 < kinds["deal.reopened"] < 0.08 * won
+    updates = [e for e in history if e["type"] == "deal.updated"]
+    assert {"rep_id", "amount", "lead_id"} <= {k for e in updates for k in e}
+    end = START + timedelta(days=DAYS)
+    plain = list(simulate_history(SimConfig(corrections=False), start=START, end=end))
+    assert not {e["type"] for e in plain} & set(CORRECTIONS)
+
+    # The corrections draw from their own random stream: the rest of the history is the same.
+    def shape(events: list[Event]) -> list[tuple[object, ...]]:
+        kinds = ("lead.created", "lead.qualified", "spend.recorded", "survey.answered")
+        return [
+            (e["type"], e["occurred_at"], e.get("lead_id"), e.get("amount"), e.get("score"))
+            for e in events
+            if e["type"] in kinds and not str(e.get("lead_id", "")).endswith("-dup")
+        ]
+
+    assert shape(history) == shape(plain)
 
 
 def test_volumes_and_mix_are_realistic(history: list[Event]) -> None:

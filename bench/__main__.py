@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append(f"replay {replay['events_per_s']:,} events/s (target 20,000+)")
         per_event = replay["idempotency_bytes_per_event"]
         verdicts.append(f"idempotency keys {per_event} bytes/event (target <= ~150)")
+        redis_us = replay["redis_cpu_us_per_applied_event"]
+        verdicts.append(
+            f"replay CPU per applied event (simulator stream with corrections): Redis {redis_us} us "
+            f"(ceiling {1e6 / max(redis_us, 1e-9):,.0f} events/s), replay process "
+            f"{replay['replay_process_cpu_us_per_applied_event']} us"
+        )
     if "scrape" in wanted:
         from bench import bench_scrape
 

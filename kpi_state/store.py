@@ -45,7 +45,16 @@ def lua_source(name: str) -> str:
 
 
 # Both scripts add counters exactly past 2^53 with the wide integers of wide.lua.
-APPLY_SCRIPT = lua_source("wide.lua") + lua_source("apply.lua")
+# The parts of the apply script, in the order they are concatenated (see the header of apply.lua).
+APPLY_PARTS = (
+    "wide.lua",
+    "apply.lua",
+    "apply_records.lua",
+    "apply_dimensions.lua",
+    "apply_handlers.lua",
+    "apply_run.lua",
+)
+APPLY_SCRIPT = "".join(lua_source(name) for name in APPLY_PARTS)
 SUM_SCRIPT = lua_source("wide.lua") + lua_source("sum_windows.lua")
 
 # Largest amount accepted per event. The scripts need every single contribution below 2^52

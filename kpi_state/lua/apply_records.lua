@@ -1,0 +1,350 @@
+-- apply_records.lua: part of the apply script (store.APPLY_PARTS, concatenated in order); the
+-- contract v2 engine: statements, views, and the parts of a view that move.
+
+-- ---------------------------------------------------------------------------------------------
+-- Contract v2 (docs/corrections.md): every attribute of a lead or deal is a statement
+-- {tb, value, ...} that only a later one (earlier(), by time then event id) replaces. What a
+-- record contributes is a pure function of its *view* (its statements resolved, joined with the
+-- records it depends on). An event names the records it can change; their views are resolved
+-- before and after the statement is applied, and each part whose inputs changed is retracted
+-- with the old view and added with the new one. Unchanged parts cost nothing.
+--
+-- Stored entity fields (msgpack, kept for the entity TTL; v = 2 marks this layout):
+--   lead L:     c created tb | R, S, G {tb, rep/source/segment} | q first qualified tb |
+--               X {tb, deleted?} | dl ids of deals that ever named this lead
+--   deal D:     c created tb | cs initial stage | R {tb, owner} | L {tb, lead id} |
+--               A {tb, amount (reporting micro-units), raw micro-units if another currency} |
+--               U {tb, rate} a later currency-only statement | S {tb, stage} |
+--               O {tb, 'w'|'l'|'o', customer} outcome | X {tb, deleted?} |
+--               n stage entries {tb, stage, rep or false} of deal.stage_changed
+--   customer C: wd ids of deals ever won for it | ch churned
+-- A tb is {t (epoch us), event id, minute, hour, day bucket starts} (tb_of).
+
+local UNASSIGNED, UNKNOWN = 'unassigned', 'unknown'
+
+-- Replaces the statement E[name] by {tb, ...} unless the stored one is later.
+local function state(E, name, tb, a, b)
+  local cur = E[name]
+  if cur and not earlier(cur[1], tb) then return end
+  E[name] = { tb, a, b }
+end
+
+local function deleted(E) return E and E.X and E.X[2] end
+local function value(stmt, default)
+  if stmt then return stmt[2] end
+  return default
+end
+
+local function add_id(E, list, id)
+  local ids = E[list]
+  if not ids then
+    ids = {}
+    E[list] = ids
+  end
+  for _, x in ipairs(ids) do
+    if x == id then return end
+  end
+  ids[#ids + 1] = id
+end
+
+-- Entities written before contract v2 are read into this layout once (best effort: a v1 deal
+-- kept no record of stage entries that named their rep, see docs/corrections.md).
+local function upgrade(kind, s)
+  if s.v then return s end
+  local n = { v = 2 }
+  if kind == 'L' then
+    n.c, n.q, n.dl = s.c, s.q, s.dl
+    if s.c then
+      n.R, n.S, n.G = { s.c, s.r }, { s.c, s.s }, { s.c, s.g }
+    end
+  elseif kind == 'D' then
+    n.c, n.cs = s.c, s.cs
+    if s.c then
+      if s.cr then n.R = { s.c, s.cr } end
+      if s.cl then n.L = { s.c, s.cl } end
+      n.S = { s.c, s.cs }
+    end
+    if s.at then n.A = { s.at, s.av } end
+    if s.sst then n.S = { s.sst, s.sto } end
+    if s.x then
+      n.O = { s.xt, s.x, s.xc }
+      n.R = { s.xt, s.xr }
+      if s.xl then n.L = { s.xt, s.xl } end
+      if s.x == 'w' then n.A = { s.xt, s.xa } end
+    end
+    if s.n then
+      n.n = {}
+      for i, e in ipairs(s.n) do n.n[i] = { e[1], e[2], false } end
+    end
+  else
+    n.ch = s.ch
+    if s.fd then n.wd = { s.fd } end
+  end
+  return n
+end
+
+local function entity(prefix, kind, id, create)
+  local key = prefix .. id
+  local s = ENT[key]
+  if s == nil then
+    local raw = redis.call('GET', key)
+    if raw then s = upgrade(kind, cmsgpack.unpack(raw)) else s = false end
+    ENT[key] = s
+  end
+  if create then
+    if not s then
+      s = { v = 2 }
+      ENT[key] = s
+    end
+    DIRTY[key] = true
+  end
+  return s
+end
+local function lead(id, create) return entity(LK, 'L', id, create) end
+local function deal(id, create) return entity(DK, 'D', id, create) end
+local function cust(id, create) return entity(CK, 'C', id, create) end
+
+-- The deal's amount now, in reporting micro-units: its latest amount statement, re-expressed by
+-- a later currency-only statement (the same number in that currency).
+local function amount_now(D)
+  local A, U = D.A, D.U
+  if not A then return 0 end
+  if U and earlier(A[1], U[1]) then return math.floor((A[3] or A[2]) * U[2] + 0.5) end
+  return A[2]
+end
+
+-- Source and segment a deal takes from its lead: unknown without a lead, or a deleted one.
+local function lead_dims(lead_id)
+  if not lead_id then return UNKNOWN, UNKNOWN end
+  local L = lead(lead_id)
+  if not L or deleted(L) then return UNKNOWN, UNKNOWN end
+  return value(L.S, UNKNOWN), value(L.G, UNKNOWN)
+end
+
+local function won_outcome(D)
+  return D and not deleted(D) and D.O and D.O[2] == 'w' and D.O or nil
+end
+
+-- -- views -------------------------------------------------------------------------------------
+
+local function deal_view(D)
+  if not D or deleted(D) then return nil end
+  local link = value(D.L)
+  local s, g = lead_dims(link)
+  local O = D.O
+  local kind = O and O[2]
+  if kind == 'o' then kind = nil end
+  return {
+    c = D.c, cs = D.cs, rep = value(D.R, UNASSIGNED), s = s, g = g, amt = amount_now(D),
+    stage = value(D.S, D.cs), ok = kind, ot = kind and O[1],
+  }
+end
+
+local function lead_first_win(L, lid)
+  local best
+  for _, did in ipairs(L.dl or {}) do
+    local D = deal(did)
+    local O = won_outcome(D)
+    if O and value(D.L) == lid and (not best or earlier(O[1], best)) then best = O[1] end
+  end
+  return best
+end
+
+local function lead_view(L, lid)
+  if not L or deleted(L) then return nil end
+  return {
+    c = L.c, q = L.q, w = lead_first_win(L, lid),
+    r = value(L.R, UNASSIGNED), s = value(L.S, UNKNOWN), g = value(L.G, UNKNOWN),
+  }
+end
+
+local function cust_view(C, cid)
+  if not C then return nil end
+  local best, bd
+  for _, did in ipairs(C.wd or {}) do
+    local D = deal(did)
+    local O = won_outcome(D)
+    if O and O[3] == cid and (not best or earlier(O[1], best)) then best, bd = O[1], D end
+  end
+  if not best then return { ch = C.ch } end
+  local s, g = lead_dims(value(bd.L))
+  return { f = best, rep = value(bd.R, UNASSIGNED), s = s, g = g, ch = C.ch }
+end
+
+-- -- parts of a view and what they contribute ----------------------------------------------------
+
+local function cycle_ms(us) return math.floor(us / 1000 + 0.5) end
+
+local function emit_created(v, sign)
+  if not v or not v.c then return end
+  put('dc', v.c, sign, v.rep, v.s, v.g)
+  put('e:' .. v.cs, v.c, sign, v.rep)
+end
+
+local function emit_outcome(v, sign)
+  if not v or not v.ok then return end
+  if v.ok == 'w' then
+    put('dw', v.ot, sign, v.rep, v.s, v.g)
+    put('rw', v.ot, sign * v.amt, v.rep, v.s, v.g)
+    put('e:won', v.ot, sign, v.rep)
+    if v.c then
+      put('cn', v.ot, sign, v.rep, v.s, v.g)
+      put('cs', v.ot, sign * cycle_ms(v.ot[1] - v.c[1]), v.rep, v.s, v.g)
+    end
+  else
+    put('dl', v.ot, sign, v.rep, v.s, v.g)
+  end
+end
+
+local function emit_pipeline(v, sign)
+  if not v or not v.c or v.ok then return end
+  bump(CUR, 'po|' .. v.stage, sign)
+  if v.amt ~= 0 then bump(CUR, 'pv|' .. v.stage, sign * v.amt) end
+end
+
+-- Stage entries first..last of a deal.stage_changed list: the rep it names, else the owner.
+local function emit_stages(v, n, sign, first, last)
+  if not v or not n then return end
+  for i = first, last do
+    local e = n[i]
+    put('e:' .. e[2], e[1], sign, e[3] or v.rep)
+  end
+end
+
+local function emit_lead_base(v, sign)
+  if not v then return end
+  if v.c then put('ld', v.c, sign, v.r, v.s, v.g) end
+  if v.q then put('ql', v.q, sign, v.r, v.s, v.g) end
+end
+
+local function emit_lead_conversion(v, sign)
+  if not v or not v.w then return end
+  put('lc', v.w, sign, v.r, v.s, v.g)
+  if v.c then put('cc', v.c, sign, v.r, v.s, v.g) end
+end
+
+local function emit_cust(v, sign)
+  if not v or not v.f then return end
+  put('nc', v.f, sign, v.rep, v.s, v.g)
+  if not v.ch then bump(CUR, 'ac', sign) end
+end
+
+-- -- diffs ---------------------------------------------------------------------------------------
+
+local function both_nil_or(a, b, same)
+  if not a or not b then return not a and not b end
+  return same(a, b)
+end
+
+local function same_dims(a, b) return a.rep == b.rep and a.s == b.s and a.g == b.g end
+
+local function diff_deal(old, new, D, n_old)
+  if not both_nil_or(old, new, function(a, b) return a.c == b.c and a.cs == b.cs and same_dims(a, b) end) then
+    emit_created(old, -1)
+    emit_created(new, 1)
+  end
+  if not both_nil_or(old, new, function(a, b)
+    return a.ok == b.ok and a.ot == b.ot and a.amt == b.amt and a.c == b.c and same_dims(a, b)
+  end) then
+    emit_outcome(old, -1)
+    emit_outcome(new, 1)
+  end
+  if not both_nil_or(old, new, function(a, b)
+    return a.c == b.c and a.ok == b.ok and a.stage == b.stage and a.amt == b.amt
+  end) then
+    emit_pipeline(old, -1)
+    emit_pipeline(new, 1)
+  end
+  local n = D and D.n
+  local n_new = n and #n or 0
+  if old and new and old.rep == new.rep then
+    emit_stages(new, n, 1, n_old + 1, n_new)
+  else
+    emit_stages(old, n, -1, 1, n_old)
+    emit_stages(new, n, 1, 1, n_new)
+  end
+end
+
+local function diff_lead(old, new)
+  local same_base = both_nil_or(old, new, function(a, b)
+    return a.c == b.c and a.q == b.q and a.r == b.r and a.s == b.s and a.g == b.g
+  end)
+  if not same_base then
+    emit_lead_base(old, -1)
+    emit_lead_base(new, 1)
+  end
+  if not same_base or not both_nil_or(old, new, function(a, b) return a.w == b.w end) then
+    emit_lead_conversion(old, -1)
+    emit_lead_conversion(new, 1)
+  end
+end
+
+local function diff_cust(old, new)
+  if not both_nil_or(old, new, function(a, b)
+    return a.f == b.f and a.ch == b.ch and (not a.f or same_dims(a, b))
+  end) then
+    emit_cust(old, -1)
+    emit_cust(new, 1)
+  end
+end
+
+-- Applies `mutate` (which returns 'conflict' before changing anything, or nothing) to the
+-- records named in `leads`, `deals`, `custs` (sets of ids: every record whose view the event
+-- can change), and moves each changed part of their views.
+local function change(leads, deals, custs, mutate)
+  local ol, od, on, oc = {}, {}, {}, {}
+  for lid in pairs(leads) do ol[lid] = lead_view(lead(lid), lid) end
+  for did in pairs(deals) do
+    local D = deal(did)
+    od[did] = deal_view(D)
+    on[did] = D and D.n and #D.n or 0
+  end
+  for cid in pairs(custs) do oc[cid] = cust_view(cust(cid), cid) end
+  if mutate() == 'conflict' then return 'conflict' end
+  for did in pairs(deals) do
+    local D = deal(did)
+    diff_deal(od[did], deal_view(D), D, on[did])
+  end
+  for lid in pairs(leads) do diff_lead(ol[lid], lead_view(lead(lid), lid)) end
+  for cid in pairs(custs) do diff_cust(oc[cid], cust_view(cust(cid), cid)) end
+end
+
+-- The records a deal event can change: the deal, its current and named leads, its current and
+-- named customers.
+local function deal_scope(f)
+  local D = deal(f.k)
+  local leads, custs = {}, {}
+  if D then
+    local link = value(D.L)
+    if link then leads[link] = true end
+    if D.O and D.O[2] == 'w' then custs[D.O[3]] = true end
+  end
+  if f.l then leads[f.l] = true end
+  if f.c then custs[f.c] = true end
+  return leads, { [f.k] = true }, custs
+end
+
+-- The records a lead event can change: the lead, the deals that named it, their customers.
+local function lead_scope(lid)
+  local L = lead(lid)
+  local deals, custs = {}, {}
+  if L then
+    for _, did in ipairs(L.dl or {}) do
+      deals[did] = true
+      local D = deal(did)
+      if D and D.O and D.O[2] == 'w' then custs[D.O[3]] = true end
+    end
+  end
+  return { [lid] = true }, deals, custs
+end
+
+-- A deal's lead statement, and the link the lead keeps to find its deals.
+local function state_lead(D, t, f)
+  if not f.l then return end
+  state(D, 'L', t, f.l)
+  add_id(lead(f.l, true), 'dl', f.k)
+end
+
+local function state_amount(D, t, f)
+  if f.a then state(D, 'A', t, f.a, f.ar) end
+end

@@ -1,39 +1,33 @@
 -- apply_handlers.lua: part of the apply script (store.APPLY_PARTS); one handler per event type code.
+-- Each returns 'conflict' before changing anything, or nothing.
 
 local H = {}
 
-local function lead_event(f, mutate)
-  local leads, deals, custs = lead_scope(f.l)
-  return change(leads, deals, custs, function() return mutate(lead(f.l, true), tb_of(f)) end)
-end
-
-local function deal_event(f, mutate)
-  local leads, deals, custs = deal_scope(f)
-  return change(leads, deals, custs, function() return mutate(deal(f.k, true), tb_of(f)) end)
-end
-
 H.LC = function(f)
-  local L = lead(f.l)
-  if L and L.c then return 'conflict' end
-  return lead_event(f, function(L2, t)
-    L2.c = t
-    state(L2, 'R', t, f.r)
-    state(L2, 'S', t, f.s)
-    state(L2, 'G', t, f.g)
-  end)
+  if lead(f.l) and lead(f.l).c then return 'conflict' end
+  local snap = before(lead_scope(f.l))
+  local L, t = lead(f.l, true), tb_of(f)
+  L.c = t
+  state(L, 'R', t, f.r)
+  state(L, 'S', t, f.s)
+  state(L, 'G', t, f.g)
+  after(snap)
 end
 
 H.LU = function(f)
-  return lead_event(f, function(L, t)
-    if f.r then state(L, 'R', t, f.r) end
-    if f.s then state(L, 'S', t, f.s) end
-    if f.g then state(L, 'G', t, f.g) end
-  end)
+  local snap = before(lead_scope(f.l))
+  local L, t = lead(f.l, true), tb_of(f)
+  if f.r then state(L, 'R', t, f.r) end
+  if f.s then state(L, 'S', t, f.s) end
+  if f.g then state(L, 'G', t, f.g) end
+  after(snap)
 end
 
 local function lead_deletion(flag)
   return function(f)
-    return lead_event(f, function(L, t) state(L, 'X', t, flag) end)
+    local snap = before(lead_scope(f.l))
+    state(lead(f.l, true), 'X', tb_of(f), flag)
+    after(snap)
   end
 end
 H.LX = lead_deletion(true)
@@ -41,73 +35,79 @@ H.LR = lead_deletion(false)
 
 -- Qualification changes the lead's own view only.
 H.LQ = function(f)
-  return change({ [f.l] = true }, {}, {}, function()
-    local L, t = lead(f.l, true), tb_of(f)
-    if not L.q or earlier(t, L.q) then L.q = t end
-  end)
+  local snap = before({ [f.l] = true }, {}, {})
+  local L, t = lead(f.l, true), tb_of(f)
+  if not L.q or earlier(t, L.q) then L.q = t end
+  after(snap)
 end
 
 H.DC = function(f)
-  local D = deal(f.k)
-  if D and D.c then return 'conflict' end
-  return deal_event(f, function(D2, t)
-    D2.c, D2.cs = t, f.st
-    state(D2, 'S', t, f.st)
-    if f.r then state(D2, 'R', t, f.r) end
-    state_amount(D2, t, f)
-    state_lead(D2, t, f)
-  end)
+  if deal(f.k) and deal(f.k).c then return 'conflict' end
+  local snap = before(deal_scope(f))
+  local D, t = deal(f.k, true), tb_of(f)
+  D.c, D.cs = t, f.st
+  state(D, 'S', t, f.st)
+  if f.r then state(D, 'R', t, f.r) end
+  state_amount(D, t, f)
+  state_lead(D, t, f)
+  after(snap)
 end
 
 -- A stage change moves the deal's own view only (stage, amount, one more entry).
 H.DS = function(f)
-  return change({}, { [f.k] = true }, {}, function()
-    local D, t = deal(f.k, true), tb_of(f)
-    state(D, 'S', t, f.st)
-    state_amount(D, t, f)
-    D.n = D.n or {}
-    D.n[#D.n + 1] = { t, f.st, f.r or false }
-  end)
+  local snap = before({}, { [f.k] = true }, {})
+  local D, t = deal(f.k, true), tb_of(f)
+  state(D, 'S', t, f.st)
+  state_amount(D, t, f)
+  D.n = D.n or {}
+  D.n[#D.n + 1] = { t, f.st, f.r or false }
+  after(snap)
 end
 
 H.DW = function(f)
-  return deal_event(f, function(D, t)
-    state(D, 'O', t, 'w', f.c)
-    state(D, 'R', t, f.r)
-    state_amount(D, t, f)
-    state_lead(D, t, f)
-    add_id(cust(f.c, true), 'wd', f.k)
-  end)
+  local snap = before(deal_scope(f))
+  local D, t = deal(f.k, true), tb_of(f)
+  state_outcome(D, t, 'w', f.c)
+  state(D, 'R', t, f.r)
+  state_amount(D, t, f)
+  state_lead(D, t, f)
+  add_id(cust(f.c, true), 'wd', f.k)
+  after(snap)
 end
 
 H.DL = function(f)
-  return deal_event(f, function(D, t)
-    state(D, 'O', t, 'l')
-    state(D, 'R', t, f.r)
-    state_lead(D, t, f)
-  end)
+  local snap = before(deal_scope(f))
+  local D, t = deal(f.k, true), tb_of(f)
+  state_outcome(D, t, 'l')
+  state(D, 'R', t, f.r)
+  state_lead(D, t, f)
+  after(snap)
 end
 
 H.DU = function(f)
-  return deal_event(f, function(D, t)
-    if f.r then state(D, 'R', t, f.r) end
-    state_amount(D, t, f)
-    if f.cu then state(D, 'U', t, f.cu) end
-    state_lead(D, t, f)
-  end)
+  local snap = before(deal_scope(f))
+  local D, t = deal(f.k, true), tb_of(f)
+  if f.r then state(D, 'R', t, f.r) end
+  state_amount(D, t, f)
+  if f.cu then state(D, 'U', t, f.cu) end
+  state_lead(D, t, f)
+  after(snap)
 end
 
 H.DO = function(f)
-  return deal_event(f, function(D, t)
-    state(D, 'O', t, 'o')
-    if f.st then state(D, 'S', t, f.st) end
-    if f.r then state(D, 'R', t, f.r) end
-  end)
+  local snap = before(deal_scope(f))
+  local D, t = deal(f.k, true), tb_of(f)
+  state_outcome(D, t, 'o')
+  if f.st then state(D, 'S', t, f.st) end
+  if f.r then state(D, 'R', t, f.r) end
+  after(snap)
 end
 
 local function deal_deletion(flag)
   return function(f)
-    return deal_event(f, function(D, t) state(D, 'X', t, flag) end)
+    local snap = before(deal_scope(f))
+    state(deal(f.k, true), 'X', tb_of(f), flag)
+    after(snap)
   end
 end
 H.DX = deal_deletion(true)
@@ -127,7 +127,9 @@ end
 
 H.CH = function(f)
   put('ch', tb_of(f), 1)
-  return change({}, {}, { [f.c] = true }, function() cust(f.c, true).ch = 1 end)
+  local snap = before({}, {}, { [f.c] = true })
+  cust(f.c, true).ch = 1
+  after(snap)
 end
 
 H.SV = function(f)

@@ -10,28 +10,40 @@
 -- with the old view and added with the new one. Unchanged parts cost nothing.
 --
 -- Stored entity fields (msgpack, kept for the entity TTL; v = 2 marks this layout):
---   lead L:     c created tb | R, S, G {tb, rep/source/segment} | q first qualified tb |
---               X {tb, deleted?} | dl ids of deals that ever named this lead
---   deal D:     c created tb | cs initial stage | R {tb, owner} | L {tb, lead id} |
---               A {tb, amount (reporting micro-units), raw micro-units if another currency} |
---               U {tb, rate} a later currency-only statement | S {tb, stage} |
---               O {tb, 'w'|'l'|'o', customer} outcome | X {tb, deleted?} |
+--   lead L:     c created tb | R, S, G {t, id, rep/source/segment} | q first qualified tb |
+--               X {t, id, deleted?} | dl ids of deals that ever named this lead
+--   deal D:     c created tb | cs initial stage | R {t, id, owner} | L {t, id, lead id} |
+--               A {t, id, amount (reporting micro-units), raw micro-units if another currency} |
+--               U {t, id, rate} a later currency-only statement | S {t, id, stage} |
+--               O {t, id, minute, hour, day, 'w'|'l'|'o', customer} outcome | X {t, id, deleted?} |
 --               n stage entries {tb, stage, rep or false} of deal.stage_changed
 --   customer C: wd ids of deals ever won for it | ch churned
 -- A tb is {t (epoch us), event id, minute, hour, day bucket starts} (tb_of).
 
 local UNASSIGNED, UNKNOWN = 'unassigned', 'unknown'
 
--- Replaces the statement E[name] by {tb, ...} unless the stored one is later.
+-- A statement is a flat array that earlier() orders like a tb: {t, event id, a, b}; the outcome
+-- keeps the whole tb in front, {t, event id, minute, hour, day, kind, customer}, so that it is
+-- itself the tb that places the win or loss in its buckets. Flat arrays keep msgpack small.
+local function stmt(tb, a, b) return { tb[1], tb[2], a, b } end
+local function outcome_stmt(tb, kind, customer) return { tb[1], tb[2], tb[3], tb[4], tb[5], kind, customer } end
+
+-- Replaces the statement E[name] unless the stored one is later.
 local function state(E, name, tb, a, b)
   local cur = E[name]
-  if cur and not earlier(cur[1], tb) then return end
-  E[name] = { tb, a, b }
+  if cur and not earlier(cur, tb) then return end
+  E[name] = stmt(tb, a, b)
 end
+local function state_outcome(E, tb, kind, customer)
+  local cur = E.O
+  if cur and not earlier(cur, tb) then return end
+  E.O = outcome_stmt(tb, kind, customer)
+end
+local function kind_of(O) return O and O[6] end
 
-local function deleted(E) return E and E.X and E.X[2] end
-local function value(stmt, default)
-  if stmt then return stmt[2] end
+local function deleted(E) return E and E.X and E.X[3] end
+local function value(statement, default)
+  if statement then return statement[3] end
   return default
 end
 
@@ -55,22 +67,22 @@ local function upgrade(kind, s)
   if kind == 'L' then
     n.c, n.q, n.dl = s.c, s.q, s.dl
     if s.c then
-      n.R, n.S, n.G = { s.c, s.r }, { s.c, s.s }, { s.c, s.g }
+      n.R, n.S, n.G = stmt(s.c, s.r), stmt(s.c, s.s), stmt(s.c, s.g)
     end
   elseif kind == 'D' then
     n.c, n.cs = s.c, s.cs
     if s.c then
-      if s.cr then n.R = { s.c, s.cr } end
-      if s.cl then n.L = { s.c, s.cl } end
-      n.S = { s.c, s.cs }
+      if s.cr then n.R = stmt(s.c, s.cr) end
+      if s.cl then n.L = stmt(s.c, s.cl) end
+      n.S = stmt(s.c, s.cs)
     end
-    if s.at then n.A = { s.at, s.av } end
-    if s.sst then n.S = { s.sst, s.sto } end
+    if s.at then n.A = stmt(s.at, s.av) end
+    if s.sst then n.S = stmt(s.sst, s.sto) end
     if s.x then
-      n.O = { s.xt, s.x, s.xc }
-      n.R = { s.xt, s.xr }
-      if s.xl then n.L = { s.xt, s.xl } end
-      if s.x == 'w' then n.A = { s.xt, s.xa } end
+      n.O = outcome_stmt(s.xt, s.x, s.xc)
+      n.R = stmt(s.xt, s.xr)
+      if s.xl then n.L = stmt(s.xt, s.xl) end
+      if s.x == 'w' then n.A = stmt(s.xt, s.xa) end
     end
     if s.n then
       n.n = {}
@@ -109,8 +121,8 @@ local function cust(id, create) return entity(CK, 'C', id, create) end
 local function amount_now(D)
   local A, U = D.A, D.U
   if not A then return 0 end
-  if U and earlier(A[1], U[1]) then return math.floor((A[3] or A[2]) * U[2] + 0.5) end
-  return A[2]
+  if U and earlier(A, U) then return math.floor((A[4] or A[3]) * U[3] + 0.5) end
+  return A[3]
 end
 
 -- Source and segment a deal takes from its lead: unknown without a lead, or a deleted one.
@@ -122,7 +134,7 @@ local function lead_dims(lead_id)
 end
 
 local function won_outcome(D)
-  return D and not deleted(D) and D.O and D.O[2] == 'w' and D.O or nil
+  return D and not deleted(D) and kind_of(D.O) == 'w' and D.O or nil
 end
 
 -- -- views -------------------------------------------------------------------------------------
@@ -132,11 +144,11 @@ local function deal_view(D)
   local link = value(D.L)
   local s, g = lead_dims(link)
   local O = D.O
-  local kind = O and O[2]
+  local kind = kind_of(O)
   if kind == 'o' then kind = nil end
   return {
     c = D.c, cs = D.cs, rep = value(D.R, UNASSIGNED), s = s, g = g, amt = amount_now(D),
-    stage = value(D.S, D.cs), ok = kind, ot = kind and O[1],
+    stage = value(D.S, D.cs), ok = kind, ot = kind and O,
   }
 end
 
@@ -145,7 +157,7 @@ local function lead_first_win(L, lid)
   for _, did in ipairs(L.dl or {}) do
     local D = deal(did)
     local O = won_outcome(D)
-    if O and value(D.L) == lid and (not best or earlier(O[1], best)) then best = O[1] end
+    if O and value(D.L) == lid and (not best or earlier(O, best)) then best = O end
   end
   return best
 end
@@ -164,7 +176,7 @@ local function cust_view(C, cid)
   for _, did in ipairs(C.wd or {}) do
     local D = deal(did)
     local O = won_outcome(D)
-    if O and O[3] == cid and (not best or earlier(O[1], best)) then best, bd = O[1], D end
+    if O and O[7] == cid and (not best or earlier(O, best)) then best, bd = O, D end
   end
   if not best then return { ch = C.ch } end
   local s, g = lead_dims(value(bd.L))
@@ -231,27 +243,43 @@ end
 
 -- -- diffs ---------------------------------------------------------------------------------------
 
-local function both_nil_or(a, b, same)
+-- Whether two views (nil: contributes nothing) give a part the same inputs.
+local function same_dims(a, b) return a.rep == b.rep and a.s == b.s and a.g == b.g end
+local function same_created(a, b)
   if not a or not b then return not a and not b end
-  return same(a, b)
+  return a.c == b.c and a.cs == b.cs and same_dims(a, b)
+end
+local function same_outcome(a, b)
+  if not a or not b then return not a and not b end
+  return a.ok == b.ok and a.ot == b.ot and a.amt == b.amt and a.c == b.c and same_dims(a, b)
+end
+local function same_pipeline(a, b)
+  if not a or not b then return not a and not b end
+  return a.c == b.c and a.ok == b.ok and a.stage == b.stage and a.amt == b.amt
+end
+local function same_lead_base(a, b)
+  if not a or not b then return not a and not b end
+  return a.c == b.c and a.q == b.q and a.r == b.r and a.s == b.s and a.g == b.g
+end
+local function same_conversion(a, b)
+  if not a or not b then return not a and not b end
+  return a.w == b.w
+end
+local function same_cust(a, b)
+  if not a or not b then return not a and not b end
+  return a.f == b.f and a.ch == b.ch and (not a.f or same_dims(a, b))
 end
 
-local function same_dims(a, b) return a.rep == b.rep and a.s == b.s and a.g == b.g end
-
 local function diff_deal(old, new, D, n_old)
-  if not both_nil_or(old, new, function(a, b) return a.c == b.c and a.cs == b.cs and same_dims(a, b) end) then
+  if not same_created(old, new) then
     emit_created(old, -1)
     emit_created(new, 1)
   end
-  if not both_nil_or(old, new, function(a, b)
-    return a.ok == b.ok and a.ot == b.ot and a.amt == b.amt and a.c == b.c and same_dims(a, b)
-  end) then
+  if not same_outcome(old, new) then
     emit_outcome(old, -1)
     emit_outcome(new, 1)
   end
-  if not both_nil_or(old, new, function(a, b)
-    return a.c == b.c and a.ok == b.ok and a.stage == b.stage and a.amt == b.amt
-  end) then
+  if not same_pipeline(old, new) then
     emit_pipeline(old, -1)
     emit_pipeline(new, 1)
   end
@@ -266,32 +294,28 @@ local function diff_deal(old, new, D, n_old)
 end
 
 local function diff_lead(old, new)
-  local same_base = both_nil_or(old, new, function(a, b)
-    return a.c == b.c and a.q == b.q and a.r == b.r and a.s == b.s and a.g == b.g
-  end)
+  local same_base = same_lead_base(old, new)
   if not same_base then
     emit_lead_base(old, -1)
     emit_lead_base(new, 1)
   end
-  if not same_base or not both_nil_or(old, new, function(a, b) return a.w == b.w end) then
+  if not same_base or not same_conversion(old, new) then
     emit_lead_conversion(old, -1)
     emit_lead_conversion(new, 1)
   end
 end
 
 local function diff_cust(old, new)
-  if not both_nil_or(old, new, function(a, b)
-    return a.f == b.f and a.ch == b.ch and (not a.f or same_dims(a, b))
-  end) then
+  if not same_cust(old, new) then
     emit_cust(old, -1)
     emit_cust(new, 1)
   end
 end
 
--- Applies `mutate` (which returns 'conflict' before changing anything, or nothing) to the
--- records named in `leads`, `deals`, `custs` (sets of ids: every record whose view the event
--- can change), and moves each changed part of their views.
-local function change(leads, deals, custs, mutate)
+-- An event's change to records: `before` resolves the views of every record it names (sets of
+-- lead, deal and customer ids: every record whose view the event can change); the handler then
+-- applies its statements; `after` resolves the views again and moves each part that changed.
+local function before(leads, deals, custs)
   local ol, od, on, oc = {}, {}, {}, {}
   for lid in pairs(leads) do ol[lid] = lead_view(lead(lid), lid) end
   for did in pairs(deals) do
@@ -300,7 +324,11 @@ local function change(leads, deals, custs, mutate)
     on[did] = D and D.n and #D.n or 0
   end
   for cid in pairs(custs) do oc[cid] = cust_view(cust(cid), cid) end
-  if mutate() == 'conflict' then return 'conflict' end
+  return { leads, deals, custs, ol, od, on, oc }
+end
+
+local function after(snap)
+  local leads, deals, custs, ol, od, on, oc = snap[1], snap[2], snap[3], snap[4], snap[5], snap[6], snap[7]
   for did in pairs(deals) do
     local D = deal(did)
     diff_deal(od[did], deal_view(D), D, on[did])
@@ -309,18 +337,20 @@ local function change(leads, deals, custs, mutate)
   for cid in pairs(custs) do diff_cust(oc[cid], cust_view(cust(cid), cid)) end
 end
 
--- The records a deal event can change: the deal, its current and named leads, its current and
--- named customers.
+-- The records a deal event can change: the deal; and, when it is won (deleted or not) or the
+-- event is a win, its current and named leads (conversions) and customers (first wins). A deal
+-- that is not won plays no part in any lead's or customer's view, before or after.
 local function deal_scope(f)
   local D = deal(f.k)
   local leads, custs = {}, {}
-  if D then
-    local link = value(D.L)
+  local won = D and kind_of(D.O) == 'w'
+  if won or f.y == 'DW' then
+    local link = D and value(D.L)
     if link then leads[link] = true end
-    if D.O and D.O[2] == 'w' then custs[D.O[3]] = true end
+    if f.l then leads[f.l] = true end
+    if won then custs[D.O[7]] = true end
+    if f.c then custs[f.c] = true end
   end
-  if f.l then leads[f.l] = true end
-  if f.c then custs[f.c] = true end
   return leads, { [f.k] = true }, custs
 end
 
@@ -332,7 +362,7 @@ local function lead_scope(lid)
     for _, did in ipairs(L.dl or {}) do
       deals[did] = true
       local D = deal(did)
-      if D and D.O and D.O[2] == 'w' then custs[D.O[3]] = true end
+      if D and kind_of(D.O) == 'w' then custs[D.O[7]] = true end
     end
   end
   return { [lid] = true }, deals, custs

@@ -133,7 +133,9 @@ def test_won_deal_takes_source_from_the_lead_of_its_creation() -> None:
     assert window["by_rep"]["r2"]["revenue_won"] == 7.0
     # The lead has no owner: its conversion counts for "unassigned", not the deal's rep.
     assert window["by_rep"]["unassigned"]["lead_conversions"] == 1
-    assert window["by_rep"]["r"]["lead_conversions"] == 0
+    # Contract v2: the win states the owner last, so even the creation counts for r2.
+    assert window["by_rep"]["r2"]["deals_created"] == 1
+    assert "r" not in window["by_rep"]
 
 
 def test_won_deal_with_a_lead_that_never_sent_lead_created() -> None:
@@ -167,29 +169,39 @@ def test_won_deal_without_any_lead_converts_nothing() -> None:
     assert total["sales_cycle_days"] == 10.0
 
 
-def test_own_lead_id_beats_the_created_lead() -> None:
-    events = [
+def test_the_latest_lead_id_statement_wins_for_every_deal_kpi() -> None:
+    lead_events = [
         E("lead.created", "l1", "2026-03-20T00:00:00Z", lead_id="L1", source="web"),
         E("lead.created", "l2", "2026-03-20T00:00:00Z", lead_id="L2", source="ads"),
-        E("deal.created", "c", "2026-03-21T00:00:00Z", deal_id="D", rep_id="r", amount=1, lead_id="L1"),
-        E(
-            "deal.won",
-            "w",
-            "2026-03-22T00:00:00Z",
-            deal_id="D",
-            customer_id="C",
-            rep_id="r",
-            amount=1,
-            lead_id="L2",
-        ),
     ]
-    window = doc(events)["windows"]["30d"]
-    assert window["by_source"]["web"]["deals_created"] == 1
-    assert window["by_source"]["web"]["deals_won"] == 0
+    won = E(
+        "deal.won",
+        "w",
+        "2026-03-22T00:00:00Z",
+        deal_id="D",
+        customer_id="C",
+        rep_id="r",
+        amount=1,
+        lead_id="L2",
+    )
+    created = E("deal.created", "c", "2026-03-21T00:00:00Z", deal_id="D", rep_id="r", amount=1, lead_id="L1")
+    window = doc([*lead_events, created, won])["windows"]["30d"]
+    # The win states L2 after the creation stated L1: the deal is L2's, its creation included.
+    assert window["by_source"]["web"]["deals_created"] == 0
     assert window["by_source"]["web"]["lead_conversions"] == 0
-    assert window["by_source"]["ads"]["deals_won"] == 1
-    assert window["by_source"]["ads"]["lead_conversions"] == 1
-    assert window["by_source"]["ads"]["cohort_conversions"] == 1
+    ads = window["by_source"]["ads"]
+    assert (ads["deals_created"], ads["deals_won"], ads["lead_conversions"], ads["cohort_conversions"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    # A creation stated after the win: L1 is the current lead.
+    late = created.model_copy(update={"occurred_at": at("2026-03-23T00:00:00Z")})
+    window = doc([*lead_events, late, won])["windows"]["30d"]
+    web = window["by_source"]["web"]
+    assert (web["deals_created"], web["deals_won"], web["lead_conversions"]) == (1, 1, 1)
+    assert window["by_source"]["ads"]["deals_won"] == 0
 
 
 def test_lead_converts_once_at_its_earliest_win() -> None:
@@ -290,11 +302,13 @@ def test_latest_amount_may_come_from_creation() -> None:
     ]
     settings = Settings(namespace="unit", currency_rates="USD=0.5")
     pipeline = doc(events, settings)["current"]["pipeline"]
-    # the latest stage event sets the stage, the latest priced event the value
-    assert pipeline["by_stage"]["negotiation"] == {"open_deals": 1, "value": 100.0}
+    # Contract v2: the latest stage statement sets the stage -- here the creation's, stated after
+    # the stage change -- and the latest amount statement the value.
+    assert pipeline["by_stage"]["proposal"] == {"open_deals": 1, "value": 100.0}
+    assert pipeline["by_stage"]["negotiation"] == {"open_deals": 0, "value": 0.0}
     assert pipeline["by_stage"]["prospecting"] == {"open_deals": 1, "value": 5.0}
     assert pipeline["open_deals"] == 2 and pipeline["value"] == 105.0
-    assert pipeline["weighted_value"] == approx(100 * 0.8 + 5 * 0.1)
+    assert pipeline["weighted_value"] == approx(100 * 0.5 + 5 * 0.1)
 
 
 # ------------------------------------------------------------------ window edges
@@ -491,13 +505,25 @@ def test_duplicates_and_conflicts_keep_the_first() -> None:
         E("lead.created", "b", "2026-03-30T00:00:00Z", lead_id="L", source="ads"),  # conflict
         E("lead.created", "a", "2026-03-30T00:00:00Z", lead_id="L2", source="ads"),  # duplicate id
         E("lead.created", "b", "2026-03-30T00:00:00Z", lead_id="L3", source="tv"),  # "b" was not applied
-        E("deal.won", "w", "2026-03-30T00:00:00Z", deal_id="D", customer_id="C", rep_id="r", amount=1),
-        E("deal.lost", "x", "2026-03-30T00:00:00Z", deal_id="D", rep_id="r"),  # conflict
+        E("deal.created", "c1", "2026-03-30T00:00:00Z", deal_id="D", rep_id="r", amount=1),
+        E("deal.created", "c2", "2026-03-30T00:00:00Z", deal_id="D", rep_id="s", amount=9),  # conflict
     ]
     window = doc(events)["windows"]["7d"]
     assert window["total"]["leads"] == 2
     assert sorted(window["by_source"]) == ["tv", "unknown", "web"]
-    assert window["total"]["deals_lost"] == 0
+    assert window["total"]["deals_created"] == 1
+    assert sorted(window["by_rep"]) == ["r", "unassigned"]
+    assert doc(events)["current"]["pipeline"]["value"] == 1.0
+
+
+def test_a_second_terminal_event_is_no_conflict() -> None:
+    t = "2026-03-30T00:00:00Z"
+    won = E("deal.won", "w", t, deal_id="D", customer_id="C", rep_id="r", amount=1)
+    lost = E("deal.lost", "x", t, deal_id="D", rep_id="r")
+    # Same instant: the later event_id ("x") is the outcome event, in either order.
+    for events in ([won, lost], [lost, won]):
+        total = doc(events)["windows"]["7d"]["total"]
+        assert (total["deals_won"], total["deals_lost"]) == (0, 1)
 
 
 def test_differences_helper() -> None:

@@ -1,7 +1,7 @@
 """Regression tests of the hardening defects on the streaming path (real Tansu, Redis, `kpi worker`).
 
-1. A message that once stopped a worker for good (a 1.5 MB non-JSON line, a conflict carrying a
-   1 MB `reason`, an event in year 1 under a business timezone west of UTC) is a dead letter now,
+1. A message that once stopped a worker for good (a 1.5 MB non-JSON line, a conflict carrying
+   1 MB of text, an event in year 1 under a business timezone west of UTC) is a dead letter now,
    and every valid event around it is applied.
 2. New consumer groups on topics that already hold messages apply every event (a message fetched
    while the assignment callback ran was once skipped and acknowledged).
@@ -49,13 +49,20 @@ def _hostile_lines(valid: list[bytes]) -> tuple[list[bytes], dict[str, str]]:
     """Lines that each once stopped a worker, and the dead-letter reason each must get now."""
     created = next(orjson.loads(line) for line in valid if b'"lead.created"' in line)
     at = created["occurred_at"]
-    lost = {"event_id": "lost-first", "type": "deal.lost", "occurred_at": at, "deal_id": "d-h", "rep_id": "r"}
+    deal = {
+        "event_id": "deal-first",
+        "type": "deal.created",
+        "occurred_at": at,
+        "deal_id": "d-h",
+        "rep_id": "r",
+    }
     garbage = b"\x01not json " + b"x" * 1_500_000
     year_one = orjson.dumps(dict(created, event_id="year-one", occurred_at="0001-01-01T00:00:00Z"))
     year_max = orjson.dumps(dict(created, event_id="year-max", occurred_at="9999-12-31T23:59:59-08:00"))
-    # A second deal.lost of a lost deal is a conflict; its 1 MB reason makes a 1 MB dead letter.
-    conflict = orjson.dumps(dict(lost, event_id="conflict-big", reason="r" * 1_000_000))
-    return [garbage, year_one, year_max, orjson.dumps(lost), conflict], {
+    # A second deal.created of a known deal is a conflict (contract v2: a second deal.lost no longer
+    # is); its 1 MB note, an unknown field the event keeps in its bytes, makes a 1 MB dead letter.
+    conflict = orjson.dumps(dict(deal, event_id="conflict-big", note="r" * 1_000_000))
+    return [garbage, year_one, year_max, orjson.dumps(deal), conflict], {
         "garbage": "invalid_json",
         "year-one": "invalid_timestamp",
         "year-max": "invalid_timestamp",
@@ -79,7 +86,7 @@ def test_hostile_messages_become_dead_letters_and_the_rest_is_applied(
     lines = list(valid)
     for i, line in enumerate(hostile[:3]):
         lines.insert((i + 1) * len(lines) // 4, line)
-    # A deal.lost, then the conflicting one (same key, so same partition, in this order).
+    # A deal.created, then the conflicting one (same key, so same partition, in this order).
     lines[len(lines) // 2 : len(lines) // 2] = hostile[3:]
     path = stream.write(tmp_path / "hostile.jsonl", lines)
 

@@ -69,6 +69,11 @@ DEAL_EVENTS = (
     DealRestored,
 )
 
+# Which events state a deal's owner, lead and amount (docs/corrections.md, "The rule").
+OWNER_STATEMENTS = (DealCreated, DealUpdated, DealWon, DealLost, DealReopened)
+LEAD_STATEMENTS = (DealCreated, DealUpdated, DealWon, DealLost)
+AMOUNT_STATEMENTS = (DealCreated, DealStageChanged, DealUpdated, DealWon)
+
 E = TypeVar("E", bound=Event)
 V = TypeVar("V")
 
@@ -173,11 +178,9 @@ def deal_view(deal_id: str, events: Sequence[DealEvent], settings: Settings) -> 
     def rate(currency: str | None) -> float:
         return 1.0 if currency is None or currency == settings.currency else settings.rates[currency]
 
-    owners = carried(of_type(events, DealCreated | DealUpdated | DealWon | DealLost | DealReopened), "rep_id")
-    leads = carried(of_type(events, DealCreated | DealUpdated | DealWon | DealLost), "lead_id")
-
-    amounts = of_type(events, DealCreated | DealStageChanged | DealUpdated | DealWon)
-    priced = [e for e in amounts if e.amount is not None]
+    owners = carried([e for e in events if isinstance(e, OWNER_STATEMENTS)], "rep_id")
+    leads = carried([e for e in events if isinstance(e, LEAD_STATEMENTS)], "lead_id")
+    priced = [e for e in events if isinstance(e, AMOUNT_STATEMENTS) and e.amount is not None]
     raw_amount = latest_value([(e, e.amount) for e in priced], None)
     # Currency: every amount statement states its own (none: the reporting one); a deal.updated
     # with currency alone states the currency of the amount the deal already has.
@@ -192,7 +195,7 @@ def deal_view(deal_id: str, events: Sequence[DealEvent], settings: Settings) -> 
     stages += [(c, c.to_stage) for c in changes]
     stages += carried(of_type(events, DealReopened), "stage")
 
-    outcomes = of_type(events, DealWon | DealLost | DealReopened)
+    outcomes = [e for e in events if isinstance(e, DealWon | DealLost | DealReopened)]
     latest_outcome = max(outcomes, key=order_key, default=None)
     return DealView(
         deal_id=deal_id,

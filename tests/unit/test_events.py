@@ -72,14 +72,14 @@ def test_valid_lead_trims_dimensions_and_ignores_unknown_fields(parser: EventPar
         (lead(lead_id=12), "invalid_field", "lead_id"),
         (lead(source="s" * 65), "too_long", "source"),
         (lead(source=7), "invalid_field", "source"),
-        (lead(type="lead.deleted"), "unknown_type", "type"),
+        (lead(type="lead.merged"), "unknown_type", "type"),
         (lead(type=...), "missing_field", "type"),
         (lead(event_id=...), "missing_field", "event_id"),
         (deal(amount=-1), "negative_amount", "amount"),
         (deal(amount="100"), "invalid_field", "amount"),
         (deal(amount=True), "invalid_field", "amount"),
-        (deal(rep_id=None), "missing_field", "rep_id"),
-        (deal(rep_id="   "), "missing_field", "rep_id"),
+        (deal(type="deal.lost", rep_id=None), "missing_field", "rep_id"),
+        (deal(type="deal.lost", rep_id="   "), "missing_field", "rep_id"),
         (deal(stage="won"), "unknown_stage", "stage"),
         (deal(currency="JPY"), "unknown_currency", "currency"),
         (deal(currency="usd"), "invalid_field", "currency"),
@@ -151,9 +151,16 @@ def test_rejections_name_field_and_reason(
 
 
 def test_dimension_required_but_blank_is_missing(parser: EventParser) -> None:
-    # rep_id is required on deal.created: "   " is absent after trimming.
-    result = parser.parse_object(deal(rep_id="   "), NOW)
+    # rep_id is required on deal.lost: "   " is absent after trimming.
+    result = parser.parse_object(deal(type="deal.lost", rep_id="   "), NOW)
     assert isinstance(result, Rejection)
+
+
+def test_deal_created_needs_no_owner_nor_amount(parser: EventParser) -> None:
+    # Contract v2: a CRM often sends the owner and the amount in later updates.
+    result = parser.parse_object(deal(rep_id=None, amount=...), NOW)
+    assert isinstance(result, DealCreated)
+    assert (result.rep_id, result.amount) == (None, None)
 
 
 def test_invalid_json_and_nan(parser: EventParser) -> None:

@@ -5,18 +5,23 @@ the Lua script and ``kpi_state.windows``: it sees every event at once, so every 
 ("the deal's lead", "the customer's first win") is a plain lookup, and every window
 is a plain filter on ``occurred_at``.  Nothing here is incremental or clever.
 
+Contract v2 (DESIGN section 2 "Corrections", docs/corrections.md): every lead and deal
+is first resolved to its current view (tests/reference_entities.py: each attribute is its
+latest statement); the KPIs count those views, placed in time by the event that fixed each fact.
+
 Team interpretations where DESIGN is terse (see the docstrings below):
 
 - ``all`` ignores ``as_of``: lifetime totals of everything applied; ``current`` too.
-- A deal's lead is the event's own ``lead_id``, else the one on its ``deal.created``;
-  the lead's source/segment count only if that lead sent ``lead.created``.
-- A lead converts once, at its earliest linked ``deal.won``; cohort conversions at
-  the lead's creation (only for leads that sent ``lead.created``).
+- ``leads`` and ``cohort_conversions`` need the lead's ``lead.created``; qualifications and
+  conversions count without it. ``deals_created``, the initial stage entry, the sales cycle
+  and the pipeline need the deal's ``deal.created``; won/lost/revenue do not.
+- A lead converts once, at the outcome event of its first won deal; cohort conversions at
+  the lead's creation.
+- Conflicting facts (a second ``lead.created``/``deal.created`` under another event_id)
+  keep the first one in the given order (the order they are applied in), as the store does.
 - Past ``settings.dimension_cap`` distinct values of a dimension, later values (in
   applied order) count as ``"other"`` (``DimensionCap``); tests that compare unordered
   deliveries stay below the cap.
-- Conflicting facts keep the first one in the given order (the order they are
-  applied in), as the store does.
 """
 
 from __future__ import annotations
@@ -32,19 +37,15 @@ from typing import Any
 from kpi_state.events import (
     CustomerChurned,
     DealCreated,
-    DealLost,
-    DealStageChanged,
-    DealWon,
     Event,
     LeadCreated,
-    LeadQualified,
     RevenueRecorded,
     SpendRecorded,
     SurveyAnswered,
 )
 from kpi_state.settings import Settings
+from tests.reference_entities import UNASSIGNED, UNKNOWN, DealView, Entities, of_type, order_key, resolve
 
-UNASSIGNED, UNKNOWN, OTHER = "unassigned", "unknown", "other"
 WINDOW_NAMES = ("1h", "24h", "7d", "30d", "90d", "all")
 
 FUNNEL_KPIS = (
@@ -85,25 +86,12 @@ ECONOMICS_KPIS = (
 
 @dataclass
 class EventSet:
-    """The applied events, indexed by entity. Built by ``accept``."""
+    """The applied events, in the order applied. Built by ``accept``."""
 
-    leads: dict[str, LeadCreated]
-    qualifications: list[LeadQualified]
-    deals: dict[str, DealCreated]
-    stage_changes: list[DealStageChanged]
-    terminals: dict[str, DealWon | DealLost]
-    spends: list[SpendRecorded]
-    revenues: list[RevenueRecorded]
-    churns: list[CustomerChurned]
-    surveys: list[SurveyAnswered]
+    applied: list[Event]
 
-    @property
-    def wins(self) -> list[DealWon]:
-        return [t for t in self.terminals.values() if isinstance(t, DealWon)]
 
-    @property
-    def losses(self) -> list[DealLost]:
-        return [t for t in self.terminals.values() if isinstance(t, DealLost)]
+OTHER = "other"
 
 
 class DimensionCap:
@@ -135,60 +123,35 @@ class DimensionCap:
         return e.model_copy(update=update)
 
 
-def _conflicts(s: EventSet, e: Event) -> bool:
-    match e:
-        case LeadCreated():
-            return e.lead_id in s.leads
-        case DealCreated():
-            return e.deal_id in s.deals
-        case DealWon() | DealLost():
-            return e.deal_id in s.terminals
-    return False
-
-
 def accept(events: Iterable[Event], dimension_cap: int | None = None) -> EventSet:
     """Which events the store applies, in the order given.
 
     An event whose ``event_id`` was already applied is a duplicate (first wins). A
-    second ``lead.created`` for a lead, a second ``deal.created`` for a deal, or a second
-    terminal ``deal.won``/``deal.lost`` for a deal is a conflict: rejected, and (not being
-    applied) its ``event_id`` stays free. With ``dimension_cap``, applied events carry their
-    dimension labels (``DimensionCap``) instead of the raw values.
+    second ``lead.created`` for a lead or a second ``deal.created`` for a deal is a
+    conflict: rejected, and (not being applied) its ``event_id`` stays free. Several
+    ``deal.won``/``deal.lost``/``deal.reopened`` of one deal are no conflict (contract v2).
+    With ``dimension_cap``, applied events carry their dimension labels (``DimensionCap``)
+    instead of the raw values.
     """
-    s = EventSet({}, [], {}, [], {}, [], [], [], [])
-    applied_ids: set[str] = set()
     cap = DimensionCap(dimension_cap) if dimension_cap is not None else None
+    applied: list[Event] = []
+    applied_ids: set[str] = set()
+    created_leads: set[str] = set()
+    created_deals: set[str] = set()
     for e in events:
-        if e.event_id in applied_ids or _conflicts(s, e):
+        if e.event_id in applied_ids:
             continue
-        if cap is not None:
-            e = cap.relabel(e)
-        match e:
-            case LeadCreated():
-                s.leads[e.lead_id] = e
-            case DealCreated():
-                s.deals[e.deal_id] = e
-            case DealWon() | DealLost():
-                s.terminals[e.deal_id] = e
-            case LeadQualified():
-                s.qualifications.append(e)
-            case DealStageChanged():
-                s.stage_changes.append(e)
-            case SpendRecorded():
-                s.spends.append(e)
-            case RevenueRecorded():
-                s.revenues.append(e)
-            case CustomerChurned():
-                s.churns.append(e)
-            case SurveyAnswered():
-                s.surveys.append(e)
+        if isinstance(e, LeadCreated):
+            if e.lead_id in created_leads:
+                continue
+            created_leads.add(e.lead_id)
+        if isinstance(e, DealCreated):
+            if e.deal_id in created_deals:
+                continue
+            created_deals.add(e.deal_id)
+        applied.append(cap.relabel(e) if cap is not None else e)
         applied_ids.add(e.event_id)
-    return s
-
-
-def order_key(e: Event) -> tuple[datetime, str]:
-    """ "First" and "latest": by occurred_at, ties by event_id in code-point order."""
-    return (e.occurred_at, e.event_id)
+    return EventSet(applied)
 
 
 # --------------------------------------------------------------------------- contributions
@@ -210,30 +173,15 @@ class Contribution:
     segment: str | None = None
 
 
-def contributions(s: EventSet, settings: Settings) -> list[Contribution]:
-    """Every event's (or joined fact's) contribution to the additive quantities."""
+def contributions(s: EventSet, entities: Entities, settings: Settings) -> list[Contribution]:
+    """Every fact's contribution to the additive quantities, from the current views."""
     first_stage = settings.stage_names[0]
     out: list[Contribution] = []
 
-    def amount(e: DealCreated | DealStageChanged | DealWon | SpendRecorded | RevenueRecorded) -> float:
-        assert e.amount is not None
+    def amount(e: SpendRecorded | RevenueRecorded) -> float:
         if e.currency is None or e.currency == settings.currency:
             return float(e.amount)
         return e.amount * settings.rates[e.currency]
-
-    def lead_dims(lead_id: str | None) -> tuple[str, str, str]:
-        """(owner rep, source, segment) of a lead; defaults unless it sent lead.created."""
-        lead = s.leads.get(lead_id) if lead_id is not None else None
-        if lead is None:
-            return UNASSIGNED, UNKNOWN, UNKNOWN
-        return lead.rep_id or UNASSIGNED, lead.source or UNKNOWN, lead.segment or UNKNOWN
-
-    def deal_lead(deal_id: str, own_lead_id: str | None) -> str | None:
-        """The event's own lead_id, else the one on the deal's deal.created."""
-        if own_lead_id is not None:
-            return own_lead_id
-        created = s.deals.get(deal_id)
-        return created.lead_id if created is not None else None
 
     def add(
         quantity: str,
@@ -246,80 +194,82 @@ def contributions(s: EventSet, settings: Settings) -> list[Contribution]:
         out.append(Contribution(quantity, at, value, rep, source, segment))
 
     def add_lead_based(quantity: str, at: datetime, lead_id: str) -> None:
-        rep, source, segment = lead_dims(lead_id)
-        add(quantity, at, 1, rep, source, segment)
+        lead = entities.lead(lead_id)
+        add(quantity, at, 1, lead.rep, lead.source, lead.segment)
 
-    # Lead-based KPIs: the lead's own attributes.
-    for lead in s.leads.values():
-        add_lead_based("leads", lead.occurred_at, lead.lead_id)
+    # Lead-based KPIs: the lead's current attributes; a deleted lead counts for nothing.
+    live_leads = [lead for lead in entities.leads.values() if not lead.deleted]
+    for lead in live_leads:
+        if lead.created is not None:
+            add_lead_based("leads", lead.created.occurred_at, lead.lead_id)
+        if lead.first_qualified is not None:
+            add_lead_based("qualified_leads", lead.first_qualified.occurred_at, lead.lead_id)
 
-    qualifications: dict[str, list[LeadQualified]] = defaultdict(list)
-    for q in s.qualifications:
-        qualifications[q.lead_id].append(q)
-    for lead_id, qs in qualifications.items():
-        add_lead_based("qualified_leads", min(qs, key=order_key).occurred_at, lead_id)
+    def outcome_key(deal: DealView) -> tuple[datetime, str]:
+        assert deal.outcome is not None
+        return order_key(deal.outcome)
 
-    wins_by_lead: dict[str, list[DealWon]] = defaultdict(list)
-    for won in s.wins:
-        linked = deal_lead(won.deal_id, won.lead_id)
-        if linked is not None:
-            wins_by_lead[linked].append(won)
-    for lead_id, wins in wins_by_lead.items():
-        add_lead_based("lead_conversions", min(wins, key=order_key).occurred_at, lead_id)
-        if lead_id in s.leads:
-            add_lead_based("cohort_conversions", s.leads[lead_id].occurred_at, lead_id)
+    won_deals = entities.live_won_deals()
+    by_lead: dict[str, list[DealView]] = defaultdict(list)
+    for deal in won_deals:
+        if deal.lead_id is not None:
+            by_lead[deal.lead_id].append(deal)
+    for lead_id, deals in by_lead.items():
+        lead = entities.lead(lead_id)
+        if lead.deleted:
+            continue
+        first = min(deals, key=outcome_key)
+        assert first.won is not None
+        add_lead_based("lead_conversions", first.won.occurred_at, lead_id)
+        if lead.created is not None:
+            add_lead_based("cohort_conversions", lead.created.occurred_at, lead_id)
 
-    # Deal-based KPIs: the event's rep, the source/segment of the deal's lead.
-    for created in s.deals.values():
-        _, source, segment = lead_dims(created.lead_id)
-        add("deals_created", created.occurred_at, 1, created.rep_id, source, segment)
-        add("stage:" + (created.stage or first_stage), created.occurred_at, 1, rep=created.rep_id)
+    # Deal-based KPIs: the deal's current owner, the source/segment of its current lead.
+    for deal in entities.deals.values():
+        if deal.deleted:
+            continue
+        dims = entities.deal_dims(deal)
+        owner = deal.owner
+        if deal.created is not None:
+            add("deals_created", deal.created.occurred_at, 1, *dims)
+            add("stage:" + (deal.created.stage or first_stage), deal.created.occurred_at, 1, rep=owner)
+        for change in deal.stage_changes:
+            add("stage:" + change.to_stage, change.occurred_at, 1, rep=change.rep_id or owner)
+        if deal.won is not None:
+            won_at = deal.won.occurred_at
+            add("deals_won", won_at, 1, *dims)
+            add("revenue_won", won_at, deal.amount, *dims)
+            add("stage:won", won_at, 1, rep=owner)
+            if deal.created is not None:
+                days = (won_at - deal.created.occurred_at) / timedelta(days=1)
+                add("cycle_count", won_at, 1, *dims)
+                add("cycle_days", won_at, days, *dims)
+        if deal.lost is not None:
+            add("deals_lost", deal.lost.occurred_at, 1, *dims)
 
-    for change in s.stage_changes:
-        rep = change.rep_id
-        if rep is None:
-            created = s.deals.get(change.deal_id)
-            rep = created.rep_id if created is not None else UNASSIGNED
-        add("stage:" + change.to_stage, change.occurred_at, 1, rep=rep)
-
-    for won in s.wins:
-        _, source, segment = lead_dims(deal_lead(won.deal_id, won.lead_id))
-        dims = (won.rep_id, source, segment)
-        add("deals_won", won.occurred_at, 1, *dims)
-        add("revenue_won", won.occurred_at, amount(won), *dims)
-        add("stage:won", won.occurred_at, 1, rep=won.rep_id)
-        created = s.deals.get(won.deal_id)
-        if created is not None:
-            days = (won.occurred_at - created.occurred_at) / timedelta(days=1)
-            add("cycle_count", won.occurred_at, 1, *dims)
-            add("cycle_days", won.occurred_at, days, *dims)
-
-    for lost in s.losses:
-        _, source, segment = lead_dims(deal_lead(lost.deal_id, lost.lead_id))
-        add("deals_lost", lost.occurred_at, 1, lost.rep_id, source, segment)
-
-    wins_by_customer: dict[str, list[DealWon]] = defaultdict(list)
-    for won in s.wins:
-        wins_by_customer[won.customer_id].append(won)
-    for wins in wins_by_customer.values():
-        first = min(wins, key=order_key)
-        _, source, segment = lead_dims(deal_lead(first.deal_id, first.lead_id))
-        add("new_customers", first.occurred_at, 1, first.rep_id, source, segment)
+    by_customer: dict[str, list[DealView]] = defaultdict(list)
+    for deal in won_deals:
+        assert deal.won is not None
+        by_customer[deal.won.customer_id].append(deal)
+    for deals in by_customer.values():
+        first = min(deals, key=outcome_key)
+        assert first.won is not None
+        add("new_customers", first.won.occurred_at, 1, *entities.deal_dims(first))
 
     # Spend: its own source only.
-    for spend in s.spends:
+    for spend in of_type(s.applied, SpendRecorded):
         source = spend.source or UNKNOWN
         add("spend", spend.occurred_at, amount(spend), source=source)
         add("spend_" + spend.category, spend.occurred_at, amount(spend), source=source)
 
     # Customer economics: totals only.
-    for revenue in s.revenues:
+    for revenue in of_type(s.applied, RevenueRecorded):
         margin = settings.default_gross_margin if revenue.gross_margin is None else revenue.gross_margin
         add("revenue_recorded", revenue.occurred_at, amount(revenue))
         add("margin_amount", revenue.occurred_at, amount(revenue) * margin)
-    for churn in s.churns:
+    for churn in of_type(s.applied, CustomerChurned):
         add("churned_customers", churn.occurred_at, 1)
-    for survey in s.surveys:
+    for survey in of_type(s.applied, SurveyAnswered):
         if survey.kind == "nps":
             add("nps_responses", survey.occurred_at, 1)
             add("nps_promoters", survey.occurred_at, 1 if survey.score >= 9 else 0)
@@ -456,29 +406,21 @@ def economics_kpis(
 # --------------------------------------------------------------------------- current state
 
 
-def current_state(s: EventSet, settings: Settings) -> dict[str, Any]:
+def current_state(s: EventSet, entities: Entities, settings: Settings) -> dict[str, Any]:
     """Not windowed: every applied event counts, whatever ``as_of``."""
-    churned = {c.customer_id for c in s.churns}
-    won_customers = {w.customer_id for w in s.wins}
+    churned = {c.customer_id for c in of_type(s.applied, CustomerChurned)}
+    won_customers = {d.won.customer_id for d in entities.live_won_deals() if d.won is not None}
     probability = {stage.name: stage.probability for stage in settings.stage_list}
     by_stage: dict[str, dict[str, Any]] = {
         stage: {"open_deals": 0, "value": 0.0} for stage in settings.stage_names
     }
-    for deal_id, created in s.deals.items():
-        if deal_id in s.terminals:
+    # Open deals: created, not deleted, outcome open; at their current stage and amount.
+    for deal in entities.deals.values():
+        if deal.created is None or deal.deleted or deal.outcome is not None:
             continue
-        changes = [c for c in s.stage_changes if c.deal_id == deal_id]
-        latest_change = max(changes, key=order_key, default=None)
-        stage = latest_change.to_stage if latest_change else (created.stage or settings.stage_names[0])
-        priced: list[DealCreated | DealStageChanged] = [created]
-        priced += [c for c in changes if c.amount is not None]
-        latest_priced = max(priced, key=order_key)
-        assert latest_priced.amount is not None
-        value = float(latest_priced.amount)
-        if latest_priced.currency is not None and latest_priced.currency != settings.currency:
-            value *= settings.rates[latest_priced.currency]
-        by_stage[stage]["open_deals"] += 1
-        by_stage[stage]["value"] += value
+        assert deal.stage is not None
+        by_stage[deal.stage]["open_deals"] += 1
+        by_stage[deal.stage]["value"] += deal.amount
     return {
         "active_customers": len(won_customers - churned),
         "pipeline": {
@@ -541,8 +483,9 @@ def reference_document(events: Sequence[Event], settings: Settings, as_of: datet
     """The section-5 JSON document for ``events`` applied in the given order, read at ``as_of``
     (dimension values past ``settings.dimension_cap`` counted as ``"other"``)."""
     applied = accept(events, settings.dimension_cap)
-    contribs = contributions(applied, settings)
-    current = current_state(applied, settings)
+    entities = resolve(applied.applied, settings)
+    contribs = contributions(applied, entities, settings)
+    current = current_state(applied, entities, settings)
     active_now = current["active_customers"]
     open_deals_now = current["pipeline"]["open_deals"]
     return {

@@ -171,13 +171,14 @@ def test_conflicts_are_rejected_and_change_nothing(
     make_settings: SettingsFactory, open_store: StoreOpener
 ) -> None:
     settings = make_settings(currency_rates="USD=0.9")
+    # Contract v2: only a second creation is a conflict (a second deal.won/deal.lost is a
+    # correction, see test_corrections.py).
     conflicting = [
         E("lead.created", "k1", 1, lead_id="L1", source="tv"),
         E("deal.created", "k2", 1, deal_id="D1", rep_id="carol", amount=1, lead_id="L2"),
-        E("deal.won", "k3", 1, deal_id="D1", customer_id="C9", rep_id="carol", amount=1),
-        E("deal.lost", "k4", 1, deal_id="D1", rep_id="carol"),
-        E("deal.won", "k5", 1, deal_id="D2", customer_id="C9", rep_id="carol", amount=1),  # D2 was lost
-        E("deal.lost", "k6", 1, deal_id="D2", rep_id="carol"),
+        E("lead.created", "k3", 60, lead_id="L2", source="web", rep_id="carol"),
+        E("deal.created", "k4", 45, deal_id="D2", rep_id="carol", amount=9, stage="negotiation"),
+        E("deal.created", "k5", 1, deal_id="D3", rep_id="bob", amount=300, currency="USD"),  # a retry, new id
     ]
 
     async def scenario() -> None:
@@ -211,22 +212,25 @@ def test_conflicts_within_one_batch_keep_the_first(
     batch = [
         E("deal.created", "a", 3, deal_id="D", rep_id="alice", amount=10),
         E("deal.created", "b", 2, deal_id="D", rep_id="bob", amount=20),  # conflict
-        E("deal.lost", "c", 1, deal_id="D", rep_id="bob"),
-        E("deal.won", "d", 1, deal_id="D", customer_id="C", rep_id="bob", amount=5),  # conflict
+        E("deal.lost", "c", 1, deal_id="D", rep_id="carol"),
+        E("lead.created", "e", 2, lead_id="L", source="ads"),
+        E("lead.created", "f", 1, lead_id="L", source="tv"),  # conflict
         # "b" was rejected, so its id is free for another event
-        E("lead.created", "b", 1, lead_id="L", source="web"),
+        E("lead.created", "b", 1, lead_id="L2", source="web"),
     ]
 
     async def scenario() -> None:
         async with open_store(settings) as store:
             result = await store.apply(batch)
-            assert outcomes(result) == "acaca"
-            assert [pos for pos, _ in result.rejected] == [1, 3]
+            assert outcomes(result) == "acaaca"
+            assert [pos for pos, _ in result.rejected] == [1, 4]
             document = await read(store, settings)
             total = document["windows"]["1h"]["total"]
             counts = (total["deals_created"], total["deals_lost"], total["deals_won"], total["leads"])
-            assert counts == (1, 1, 0, 1)
-            assert list(document["windows"]["1h"]["by_rep"]) == ["alice", "bob", "unassigned"]
+            assert counts == (1, 1, 0, 2)
+            # carol's deal.lost states the owner last: the kept creation counts for her too
+            assert list(document["windows"]["1h"]["by_rep"]) == ["carol", "unassigned"]
+            assert sorted(document["windows"]["1h"]["by_source"]) == ["ads", "unknown", "web"]
             check_reference(document, batch, settings)
 
     asyncio.run(scenario())
@@ -289,7 +293,9 @@ def test_deal_created_after_a_win_without_lead_id(
             assert window["total"]["lead_conversions"] == 0
             assert window["total"]["sales_cycle_days"] is None
             assert window["by_source"]["unknown"]["deals_won"] == 1
-            assert window["by_rep"]["unassigned"]["stage_entries"]["proposal"] == 1
+            # Contract v2: a stage change naming no rep counts for the deal's current owner, stated
+            # by the win.
+            assert window["by_rep"]["bob"]["stage_entries"]["proposal"] == 1
             await store.apply([created])
             document = await read(store, settings)
             window = document["windows"]["1h"]
@@ -298,8 +304,12 @@ def test_deal_created_after_a_win_without_lead_id(
             counts = (web["deals_created"], web["deals_won"], web["lead_conversions"], web["new_customers"])
             assert counts == (1, 1, 1, 1)
             assert window["total"]["sales_cycle_days"] == pytest.approx(30 / 1440)
-            assert sorted(window["by_rep"]) == ["alice", "bob"]  # the stage change is alice's now
-            assert window["by_rep"]["alice"]["stage_entries"]["proposal"] == 1
+            # The win (10 minutes ago) states the owner after the creation (40): bob keeps the deal.
+            assert sorted(window["by_rep"]) == ["alice", "bob"]  # alice owns the lead
+            assert window["by_rep"]["bob"]["stage_entries"]["proposal"] == 1
+            assert window["by_rep"]["bob"]["deals_created"] == 1
+            assert window["by_rep"]["alice"]["deals_created"] == 0
+            assert window["by_rep"]["alice"]["lead_conversions"] == 1
             assert document["current"]["pipeline"]["open_deals"] == 0
             check_reference(document, [lead, won, change, created], settings)
 

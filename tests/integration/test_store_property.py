@@ -1,5 +1,6 @@
 """Property: any delivery of an event set (duplicates, any order, any batching) applied to
-the real Redis store reads back exactly as the batch reference computes it (DESIGN sections 2-4).
+the real Redis store reads back exactly as the batch reference computes it (DESIGN sections 2-4),
+for append-only histories and for histories with contract v2 corrections alike.
 """
 
 from __future__ import annotations
@@ -185,6 +186,134 @@ def crm_events(draw: st.DrawFn, as_of: datetime, tz: ZoneInfo) -> list[Event]:
 
 
 @st.composite
+def crm_corrections(draw: st.DrawFn, as_of: datetime, tz: ZoneInfo) -> list[Event]:
+    """A conflict-free CRM history with contract v2 corrections (DESIGN section 2 "Corrections").
+
+    At most one lead.created per lead and one deal.created per deal (a bare one too); every
+    other event any number of times, at any instant, so that every interleaving occurs: reopen /
+    re-win cycles by other reps for other amounts, won then lost, amount and currency edits
+    before and after the outcome, owner changes, re-links, lead edits, deletions and restores of
+    leads and deals, and updates of records never created.
+    """
+    shared = draw(st.lists(st.integers(0, 40 * 86_400), min_size=1, max_size=3))
+    instants = st.one_of(
+        # identical timestamps, so that "first" and "latest" are decided by event_id
+        st.sampled_from([as_of - timedelta(seconds=s) for s in shared]),
+        st.sampled_from(edge_instants(as_of, tz)),
+        st.integers(0, 40 * 86_400_000).map(lambda ms: as_of - timedelta(milliseconds=ms)),
+    )
+    amounts = st.one_of(
+        st.integers(0, 10_000_000).map(lambda cents: cents / 100),
+        # a raw number re-priced in GBP (1.17) by a currency-only edit stays under 1e9
+        st.integers(0, 850_000_000).map(float),
+    )
+    currencies = st.sampled_from((None, None, "EUR", "USD", "GBP"))
+
+    def maybe(values: Sequence[str]) -> st.SearchStrategy[str | None]:
+        return st.one_of(st.none(), st.sampled_from(values))
+
+    def some_of(fields: dict[str, st.SearchStrategy[Any]]) -> dict[str, Any]:
+        """A non-empty subset of ``fields``: an update must state something."""
+        return draw(st.fixed_dictionaries({}, optional=fields).filter(bool))
+
+    events: list[dict[str, Any]] = []
+
+    def emit(event_type: str, /, **fields: Any) -> None:
+        instant = draw(instants).astimezone(draw(st.sampled_from(OFFSETS)))
+        event_id = f"{draw(st.sampled_from(ID_PREFIXES))}{len(events)}"
+        payload = {k: v for k, v in fields.items() if v is not None}
+        events.append(
+            {"type": event_type, "event_id": event_id, "occurred_at": instant.isoformat(), **payload}
+        )
+
+    def deletions(**entity: str) -> None:
+        kind = next(iter(entity))[: -len("_id")]
+        for _ in range(draw(st.integers(0, 2))):
+            emit(f"{kind}.{draw(st.sampled_from(('deleted', 'restored')))}", **entity)
+
+    for lead in LEADS:
+        if draw(st.booleans()):
+            emit(
+                "lead.created",
+                lead_id=lead,
+                source=draw(maybe(SOURCES)),
+                segment=draw(maybe(SEGMENTS)),
+                rep_id=draw(maybe(REPS)),
+            )
+        for _ in range(draw(st.integers(0, 1))):
+            emit("lead.qualified", lead_id=lead)
+        for _ in range(draw(st.integers(0, 2))):
+            stated = {
+                "source": st.sampled_from(SOURCES),
+                "segment": st.sampled_from(SEGMENTS),
+                "rep_id": st.sampled_from(REPS),
+            }
+            emit("lead.updated", lead_id=lead, **some_of(stated))
+        deletions(lead_id=lead)
+
+    for deal in DEALS:
+        if draw(st.integers(0, 3)) > 0:
+            priced = draw(st.booleans())
+            emit(
+                "deal.created",
+                deal_id=deal,
+                rep_id=draw(maybe(REPS)),
+                amount=draw(amounts) if priced else None,
+                currency=draw(currencies),  # without an amount it states nothing
+                lead_id=draw(maybe(LEADS)),
+                stage=draw(maybe(STAGES)),
+            )
+        for _ in range(draw(st.integers(0, 2))):
+            priced = draw(st.booleans())
+            emit(
+                "deal.stage_changed",
+                deal_id=deal,
+                to_stage=draw(st.sampled_from(STAGES)),
+                rep_id=draw(maybe(REPS)),
+                amount=draw(amounts) if priced else None,
+                currency=draw(currencies) if priced else None,
+            )
+        for _ in range(draw(st.integers(0, 4))):
+            outcome = draw(st.sampled_from(("won", "won", "lost", "reopened")))
+            if outcome == "won":
+                emit(
+                    "deal.won",
+                    deal_id=deal,
+                    customer_id=draw(st.sampled_from(CUSTOMERS)),
+                    rep_id=draw(st.sampled_from(REPS)),
+                    amount=draw(amounts),
+                    currency=draw(currencies),
+                    lead_id=draw(maybe(LEADS)),
+                )
+            elif outcome == "lost":
+                emit(
+                    "deal.lost", deal_id=deal, rep_id=draw(st.sampled_from(REPS)), lead_id=draw(maybe(LEADS))
+                )
+            else:
+                emit("deal.reopened", deal_id=deal, stage=draw(maybe(STAGES)), rep_id=draw(maybe(REPS)))
+        for _ in range(draw(st.integers(0, 3))):
+            stated = {
+                "amount": amounts,
+                "currency": st.sampled_from(("EUR", "USD", "GBP")),  # alone: a currency-only edit
+                "rep_id": st.sampled_from(REPS),
+                "lead_id": st.sampled_from(LEADS),
+            }
+            emit("deal.updated", deal_id=deal, **some_of(stated))
+        deletions(deal_id=deal)
+
+    for _ in range(draw(st.integers(0, 2))):
+        emit("customer.churned", customer_id=draw(st.sampled_from(CUSTOMERS)))
+    for _ in range(draw(st.integers(0, 2))):
+        emit("spend.recorded", amount=draw(amounts), category="marketing", source=draw(maybe(SOURCES)))
+    return [EVENT_ADAPTER.validate_python(e) for e in events]
+
+
+def any_history(as_of: datetime, tz: ZoneInfo) -> st.SearchStrategy[list[Event]]:
+    """Either kind of history: the append-only one of contract v1, or one with corrections."""
+    return st.one_of(crm_events(as_of, tz), crm_corrections(as_of, tz))
+
+
+@st.composite
 def deliveries(draw: st.DrawFn, events: list[Event]) -> list[list[Event]]:
     """The events with exact duplicates added, in any order, cut into batches of any size."""
     copies = draw(st.lists(st.sampled_from(events), max_size=len(events))) if events else []
@@ -221,13 +350,25 @@ def check(
     assert_documents_match(document, reference_document(delivered, settings_, as_of))
 
 
-@settings(PROPERTY, max_examples=250)
+@settings(PROPERTY, max_examples=150)
 @given(data=st.data())
 def test_any_delivery_reads_as_the_reference(
     data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
 ) -> None:
     settings_ = namespace_family(currency_rates=RATES, default_gross_margin=0.6)
     events = data.draw(crm_events(AS_OF, settings_.tz), label="events")
+    batches = data.draw(deliveries(events), label="batches")
+    check(open_store, settings_, events, batches, AS_OF)
+
+
+@settings(PROPERTY, max_examples=400)
+@given(data=st.data())
+def test_any_delivery_of_corrections_reads_as_the_reference(
+    data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
+) -> None:
+    """Contract v2: reopen/re-win cycles, edits, owner changes, re-links, deletions and restores."""
+    settings_ = namespace_family(currency_rates=RATES, default_gross_margin=0.6)
+    events = data.draw(crm_corrections(AS_OF, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
     check(open_store, settings_, events, batches, AS_OF)
 
@@ -246,7 +387,7 @@ def test_any_delivery_in_a_dst_timezone(
 ) -> None:
     settings_ = namespace_family(timezone="Europe/Berlin", currency_rates=RATES)
     as_of = data.draw(st.sampled_from(BERLIN_AS_OFS), label="as_of")
-    events = data.draw(crm_events(as_of, settings_.tz), label="events")
+    events = data.draw(any_history(as_of, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
     check(open_store, settings_, events, batches, as_of)
 
@@ -258,7 +399,7 @@ def test_reading_later_as_of(
 ) -> None:
     """Reading well after the newest event: windows slide over the same buckets."""
     settings_ = namespace_family(currency_rates=RATES)
-    events = data.draw(crm_events(AS_OF, settings_.tz), label="events")
+    events = data.draw(any_history(AS_OF, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
     later = data.draw(st.integers(30 * 60, 55 * 86_400), label="seconds after AS_OF")
     check(open_store, settings_, events, batches, AS_OF + timedelta(seconds=later))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import random
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from kpi_state.events import EVENT_ADAPTER, Event
+from kpi_state.events import EVENT_ADAPTER, Event, EventParser, Rejection
 from kpi_state.settings import Settings
+from tests import corrections_scenarios as scenarios
 from tests.reference import assert_documents_match, differences, in_window, reference_document
 
 AS_OF = datetime.fromisoformat("2026-03-31T12:34:56+00:00")
@@ -133,7 +135,9 @@ def test_won_deal_takes_source_from_the_lead_of_its_creation() -> None:
     assert window["by_rep"]["r2"]["revenue_won"] == 7.0
     # The lead has no owner: its conversion counts for "unassigned", not the deal's rep.
     assert window["by_rep"]["unassigned"]["lead_conversions"] == 1
-    assert window["by_rep"]["r"]["lead_conversions"] == 0
+    # Contract v2: the win states the owner last, so even the creation counts for r2.
+    assert window["by_rep"]["r2"]["deals_created"] == 1
+    assert "r" not in window["by_rep"]
 
 
 def test_won_deal_with_a_lead_that_never_sent_lead_created() -> None:
@@ -167,29 +171,39 @@ def test_won_deal_without_any_lead_converts_nothing() -> None:
     assert total["sales_cycle_days"] == 10.0
 
 
-def test_own_lead_id_beats_the_created_lead() -> None:
-    events = [
+def test_the_latest_lead_id_statement_wins_for_every_deal_kpi() -> None:
+    lead_events = [
         E("lead.created", "l1", "2026-03-20T00:00:00Z", lead_id="L1", source="web"),
         E("lead.created", "l2", "2026-03-20T00:00:00Z", lead_id="L2", source="ads"),
-        E("deal.created", "c", "2026-03-21T00:00:00Z", deal_id="D", rep_id="r", amount=1, lead_id="L1"),
-        E(
-            "deal.won",
-            "w",
-            "2026-03-22T00:00:00Z",
-            deal_id="D",
-            customer_id="C",
-            rep_id="r",
-            amount=1,
-            lead_id="L2",
-        ),
     ]
-    window = doc(events)["windows"]["30d"]
-    assert window["by_source"]["web"]["deals_created"] == 1
-    assert window["by_source"]["web"]["deals_won"] == 0
+    won = E(
+        "deal.won",
+        "w",
+        "2026-03-22T00:00:00Z",
+        deal_id="D",
+        customer_id="C",
+        rep_id="r",
+        amount=1,
+        lead_id="L2",
+    )
+    created = E("deal.created", "c", "2026-03-21T00:00:00Z", deal_id="D", rep_id="r", amount=1, lead_id="L1")
+    window = doc([*lead_events, created, won])["windows"]["30d"]
+    # The win states L2 after the creation stated L1: the deal is L2's, its creation included.
+    assert window["by_source"]["web"]["deals_created"] == 0
     assert window["by_source"]["web"]["lead_conversions"] == 0
-    assert window["by_source"]["ads"]["deals_won"] == 1
-    assert window["by_source"]["ads"]["lead_conversions"] == 1
-    assert window["by_source"]["ads"]["cohort_conversions"] == 1
+    ads = window["by_source"]["ads"]
+    assert (ads["deals_created"], ads["deals_won"], ads["lead_conversions"], ads["cohort_conversions"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    # A creation stated after the win: L1 is the current lead.
+    late = created.model_copy(update={"occurred_at": at("2026-03-23T00:00:00Z")})
+    window = doc([*lead_events, late, won])["windows"]["30d"]
+    web = window["by_source"]["web"]
+    assert (web["deals_created"], web["deals_won"], web["lead_conversions"]) == (1, 1, 1)
+    assert window["by_source"]["ads"]["deals_won"] == 0
 
 
 def test_lead_converts_once_at_its_earliest_win() -> None:
@@ -290,11 +304,13 @@ def test_latest_amount_may_come_from_creation() -> None:
     ]
     settings = Settings(namespace="unit", currency_rates="USD=0.5")
     pipeline = doc(events, settings)["current"]["pipeline"]
-    # the latest stage event sets the stage, the latest priced event the value
-    assert pipeline["by_stage"]["negotiation"] == {"open_deals": 1, "value": 100.0}
+    # Contract v2: the latest stage statement sets the stage -- here the creation's, stated after
+    # the stage change -- and the latest amount statement the value.
+    assert pipeline["by_stage"]["proposal"] == {"open_deals": 1, "value": 100.0}
+    assert pipeline["by_stage"]["negotiation"] == {"open_deals": 0, "value": 0.0}
     assert pipeline["by_stage"]["prospecting"] == {"open_deals": 1, "value": 5.0}
     assert pipeline["open_deals"] == 2 and pipeline["value"] == 105.0
-    assert pipeline["weighted_value"] == approx(100 * 0.8 + 5 * 0.1)
+    assert pipeline["weighted_value"] == approx(100 * 0.5 + 5 * 0.1)
 
 
 # ------------------------------------------------------------------ window edges
@@ -491,13 +507,25 @@ def test_duplicates_and_conflicts_keep_the_first() -> None:
         E("lead.created", "b", "2026-03-30T00:00:00Z", lead_id="L", source="ads"),  # conflict
         E("lead.created", "a", "2026-03-30T00:00:00Z", lead_id="L2", source="ads"),  # duplicate id
         E("lead.created", "b", "2026-03-30T00:00:00Z", lead_id="L3", source="tv"),  # "b" was not applied
-        E("deal.won", "w", "2026-03-30T00:00:00Z", deal_id="D", customer_id="C", rep_id="r", amount=1),
-        E("deal.lost", "x", "2026-03-30T00:00:00Z", deal_id="D", rep_id="r"),  # conflict
+        E("deal.created", "c1", "2026-03-30T00:00:00Z", deal_id="D", rep_id="r", amount=1),
+        E("deal.created", "c2", "2026-03-30T00:00:00Z", deal_id="D", rep_id="s", amount=9),  # conflict
     ]
     window = doc(events)["windows"]["7d"]
     assert window["total"]["leads"] == 2
     assert sorted(window["by_source"]) == ["tv", "unknown", "web"]
-    assert window["total"]["deals_lost"] == 0
+    assert window["total"]["deals_created"] == 1
+    assert sorted(window["by_rep"]) == ["r", "unassigned"]
+    assert doc(events)["current"]["pipeline"]["value"] == 1.0
+
+
+def test_a_second_terminal_event_is_no_conflict() -> None:
+    t = "2026-03-30T00:00:00Z"
+    won = E("deal.won", "w", t, deal_id="D", customer_id="C", rep_id="r", amount=1)
+    lost = E("deal.lost", "x", t, deal_id="D", rep_id="r")
+    # Same instant: the later event_id ("x") is the outcome event, in either order.
+    for events in ([won, lost], [lost, won]):
+        total = doc(events)["windows"]["7d"]["total"]
+        assert (total["deals_won"], total["deals_lost"]) == (0, 1)
 
 
 def test_differences_helper() -> None:
@@ -506,3 +534,190 @@ def test_differences_helper() -> None:
     assert differences({"a": 1}, {"a": 1, "b": 2}) == ["$.b: missing (expected 2)"]
     assert differences({"a": None}, {"a": 0.0})
     assert_documents_match({"x": {"y": [1]}}, {"x": {"y": [1]}})
+
+
+# ------------------------------------------------------------------ contract v2: corrections
+
+
+def parsed_scenarios(settings: Settings) -> tuple[list[Event], dict[str, str]]:
+    """The hand-worked scenarios through the parser: the valid events, and the refused ids."""
+    parser = EventParser(settings)
+    now = datetime.now(UTC)
+    events: list[Event] = []
+    refused: dict[str, str] = {}
+    for raw in scenarios.EVENTS:
+        outcome = parser.parse_object(raw, now)
+        if isinstance(outcome, Rejection):
+            refused[raw["event_id"]] = outcome.reason
+        else:
+            events.append(outcome)
+    return events, refused
+
+
+def test_hand_worked_scenarios_in_any_order() -> None:
+    settings = Settings(namespace="unit", currency_rates=scenarios.RATES)
+    events, refused = parsed_scenarios(settings)
+    assert refused == {"s14-u": "missing_field"}  # the conflict is the store's to refuse
+    rng = random.Random(7)
+    for _ in range(20):
+        order = rng.sample(events, len(events))
+        order += rng.sample(order, 10)  # retries
+        document = reference_document(order, settings, scenarios.AS_OF)
+        assert scenarios.mismatches(document) == []
+
+
+def test_a_lead_is_its_stated_attributes_even_without_lead_created() -> None:
+    events = [
+        E("lead.updated", "u", "2026-03-28T00:00:00Z", lead_id="L", source="web", rep_id="ann"),
+        E("lead.qualified", "q", "2026-03-29T00:00:00Z", lead_id="L"),
+    ]
+    window = doc(events)["windows"]["7d"]
+    assert (window["total"]["leads"], window["total"]["qualified_leads"]) == (0, 1)
+    assert list(window["by_source"]) == ["web"] and list(window["by_rep"]) == ["ann"]
+    assert list(window["by_segment"]) == ["unknown"]
+    # lead.created states all three: its absent source is "unknown", and it is the later statement.
+    created = E("lead.created", "c", "2026-03-29T00:00:00Z", lead_id="L", segment="smb")
+    window = doc([*events, created])["windows"]["7d"]
+    assert window["total"]["leads"] == 1
+    assert list(window["by_source"]) == ["unknown"] and list(window["by_rep"]) == ["unassigned"]
+    assert list(window["by_segment"]) == ["smb"]
+
+
+def test_reopening_the_first_win_moves_the_conversion_and_the_new_customer() -> None:
+    events = [
+        E("lead.created", "l", "2026-03-01T00:00:00Z", lead_id="L", source="web"),
+        E(
+            "deal.won",
+            "w1",
+            "2026-03-26T00:00:00Z",
+            deal_id="D1",
+            customer_id="C",
+            rep_id="a",
+            amount=1,
+            lead_id="L",
+        ),
+        E(
+            "deal.won",
+            "w2",
+            "2026-03-28T00:00:00Z",
+            deal_id="D2",
+            customer_id="C",
+            rep_id="b",
+            amount=2,
+            lead_id="L",
+        ),
+    ]
+    reopen = E("deal.reopened", "r", "2026-03-30T00:00:00Z", deal_id="D1", rep_id="c")
+    window = doc(events)["windows"]["7d"]
+    assert window["by_rep"]["a"]["new_customers"] == 1 and window["by_rep"]["b"]["new_customers"] == 0
+    window = doc([*events, reopen])["windows"]["7d"]
+    assert window["total"]["lead_conversions"] == 1 and window["total"]["new_customers"] == 1
+    assert window["by_rep"]["b"]["new_customers"] == 1
+    assert "a" not in window["by_rep"] and "c" not in window["by_rep"]  # D1 is open, c's, and uncreated
+    assert window["total"]["deals_won"] == 1 and window["total"]["revenue_won"] == 2.0
+    # Reopen the other one too: no conversion, no customer, the cohort conversion is gone.
+    reopen2 = E("deal.reopened", "r2", "2026-03-30T00:00:00Z", deal_id="D2")
+    d = doc([*events, reopen, reopen2])
+    assert d["windows"]["all"]["total"]["lead_conversions"] == 0
+    assert d["windows"]["all"]["total"]["cohort_conversions"] == 0
+    assert d["current"]["active_customers"] == 0
+
+
+def test_stage_is_the_latest_statement_and_a_bare_reopen_keeps_it() -> None:
+    events = [
+        E("deal.created", "c", "2026-03-20T00:00:00Z", deal_id="D", amount=10, stage="proposal"),
+        E("deal.won", "w", "2026-03-21T00:00:00Z", deal_id="D", customer_id="C", rep_id="r", amount=10),
+        E("deal.reopened", "r", "2026-03-22T00:00:00Z", deal_id="D"),
+    ]
+    by_stage = doc(events)["current"]["pipeline"]["by_stage"]
+    assert by_stage["proposal"] == {"open_deals": 1, "value": 10.0}
+    moved = E("deal.reopened", "r2", "2026-03-23T00:00:00Z", deal_id="D", stage="negotiation")
+    d = doc([*events, moved])
+    assert d["current"]["pipeline"]["by_stage"]["negotiation"] == {"open_deals": 1, "value": 10.0}
+    # A reopen is no stage entry; the won entry is gone with the win.
+    assert d["windows"]["30d"]["total"]["stage_entries"] == {
+        "prospecting": 0,
+        "qualification": 0,
+        "proposal": 1,
+        "negotiation": 0,
+        "won": 0,
+    }
+
+
+def test_currency_statements() -> None:
+    settings = Settings(namespace="unit", currency_rates="USD=0.5,GBP=2")
+    created = E("deal.created", "c", "2026-03-20T00:00:00Z", deal_id="D", amount=100, currency="GBP")
+
+    def value(*later: Event) -> float:
+        pipeline = doc([created, *later], settings)["current"]["pipeline"]
+        return float(pipeline["value"])
+
+    assert value() == 200.0
+    to_usd = E("deal.updated", "u", "2026-03-21T00:00:00Z", deal_id="D", currency="USD")
+    assert value(to_usd) == 50.0  # the same 100, in USD now
+    to_eur = E("deal.updated", "u2", "2026-03-22T00:00:00Z", deal_id="D", currency="EUR")
+    assert value(to_usd, to_eur) == 100.0
+    # A currency edit older than the amount statement changes nothing.
+    early = E("deal.updated", "u0", "2026-03-19T00:00:00Z", deal_id="D", currency="USD")
+    assert value(early) == 200.0
+    # A later amount without currency is in the reporting currency.
+    amount = E("deal.updated", "a", "2026-03-23T00:00:00Z", deal_id="D", amount=70)
+    assert value(to_usd, amount) == 70.0
+    # ... and a currency on an event that states no amount states nothing.
+    moved = E(
+        "deal.stage_changed", "s", "2026-03-24T00:00:00Z", deal_id="D", to_stage="proposal", currency="USD"
+    )
+    assert value(amount, moved) == 70.0
+
+
+def test_a_deal_without_amount_is_worth_nothing() -> None:
+    events = [E("deal.created", "c", "2026-03-20T00:00:00Z", deal_id="D")]
+    d = doc(events)
+    assert d["current"]["pipeline"]["by_stage"]["prospecting"] == {"open_deals": 1, "value": 0.0}
+    assert list(d["windows"]["30d"]["by_rep"]) == ["unassigned"]
+
+
+def test_deleted_deal_counts_nothing_and_a_restore_brings_it_back() -> None:
+    events = [
+        E("deal.created", "c", "2026-03-20T00:00:00Z", deal_id="D", rep_id="r", amount=5),
+        E("deal.stage_changed", "s", "2026-03-21T00:00:00Z", deal_id="D", to_stage="proposal", rep_id="m"),
+        E("deal.won", "w", "2026-03-22T00:00:00Z", deal_id="D", customer_id="C", rep_id="r", amount=5),
+    ]
+    deleted = E("deal.deleted", "d", "2026-03-23T00:00:00Z", deal_id="D")
+    d = doc([*events, deleted])
+    window = d["windows"]["all"]
+    assert window["by_rep"] == {} and window["by_source"] == {}
+    assert sum(window["total"]["stage_entries"].values()) == 0
+    assert d["current"]["active_customers"] == 0
+    # Restored later: all back. Restored earlier than the deletion: still deleted.
+    restored = E("deal.restored", "x", "2026-03-24T00:00:00Z", deal_id="D")
+    assert doc([*events, deleted, restored]) == doc(events)
+    stale = E("deal.restored", "x", "2026-03-22T12:00:00Z", deal_id="D")
+    assert doc([*events, stale, deleted])["windows"]["all"]["by_rep"] == {}
+
+
+def test_deleted_lead_counts_nothing_and_its_deals_lose_their_source() -> None:
+    events = [
+        E("lead.created", "l", "2026-03-20T00:00:00Z", lead_id="L", source="web", rep_id="o"),
+        E("lead.qualified", "q", "2026-03-21T00:00:00Z", lead_id="L"),
+        E(
+            "deal.won",
+            "w",
+            "2026-03-22T00:00:00Z",
+            deal_id="D",
+            customer_id="C",
+            rep_id="r",
+            amount=5,
+            lead_id="L",
+        ),
+        E("lead.deleted", "d", "2026-03-23T00:00:00Z", lead_id="L"),
+    ]
+    window = doc(events)["windows"]["all"]
+    assert list(window["by_source"]) == ["unknown"] and list(window["by_rep"]) == ["r"]
+    total = window["total"]
+    assert (total["leads"], total["qualified_leads"], total["lead_conversions"]) == (0, 0, 0)
+    assert (total["deals_won"], total["new_customers"]) == (1, 1)
+    restored = E("lead.restored", "x", "2026-03-24T00:00:00Z", lead_id="L")
+    window = doc([*events, restored])["windows"]["all"]
+    assert window["by_source"]["web"]["lead_conversions"] == 1
+    assert window["by_source"]["web"]["deals_won"] == 1

@@ -54,7 +54,8 @@ HISTORY = [
     # (folded) when L5 arrives.
     E("deal.won", "w5", 400, deal_id="D5", rep_id="dave", amount=1e9, customer_id="C5", lead_id="L5"),
     E("deal.created", "c1", 450, deal_id="D1", rep_id="alice", amount=100, lead_id="L1"),
-    # A stage change without rep before its deal exists: re-attributed to erin (folded).
+    # A stage change without rep before its deal exists: re-attributed to the deal's owner, bob
+    # since his win (the latest owner statement, contract v2), not erin (folded) who created it.
     E("deal.stage_changed", "s6", 300, deal_id="D6", to_stage="proposal"),
     E("deal.created", "c6", 350, deal_id="D6", rep_id="erin", amount=200, lead_id="L3"),
     E("deal.won", "w6", 100, deal_id="D6", rep_id="bob", amount=300, customer_id="C6"),
@@ -103,7 +104,8 @@ def test_values_past_the_cap_fold_into_other_exactly(
         # w5 moved there from "unknown" when L5 arrived; w6 through its deal's lead L3
         assert all_doc["by_source"]["other"]["revenue_won"] == 1e9 + 300
         assert "unknown" not in all_doc["by_source"] or all_doc["by_source"]["unknown"]["revenue_won"] == 0
-        assert all_doc["by_rep"]["other"]["stage_entries"]["proposal"] == 2  # erin's and spam's
+        assert all_doc["by_rep"]["other"]["stage_entries"]["proposal"] == 1  # spam's
+        assert all_doc["by_rep"]["bob"]["stage_entries"]["proposal"] == 1  # D6's, bob's deal now
         # Applied events with a folded value: rep carol, dave, erin, zed, spam; source social,
         # partner, tv; segment mid.
         totals: dict[str, int] = {}

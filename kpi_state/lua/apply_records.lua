@@ -139,17 +139,26 @@ end
 
 -- -- views -------------------------------------------------------------------------------------
 
-local function deal_view(D)
+-- `dims`: resolve the lead's source and segment now (lead events change them). Otherwise they
+-- are resolved when a part is emitted (dims_of): within a deal event the lead does not change,
+-- so the lead id stands for them, and a stage change never loads the lead at all.
+local function deal_view(D, dims)
   if not D or deleted(D) then return nil end
   local link = value(D.L)
-  local s, g = lead_dims(link)
   local O = D.O
   local kind = kind_of(O)
   if kind == 'o' then kind = nil end
-  return {
-    c = D.c, cs = D.cs, rep = value(D.R, UNASSIGNED), s = s, g = g, amt = amount_now(D),
+  local v = {
+    c = D.c, cs = D.cs, rep = value(D.R, UNASSIGNED), link = link, amt = amount_now(D),
     stage = value(D.S, D.cs), ok = kind, ot = kind and O,
   }
+  if dims then v.s, v.g = lead_dims(link) end
+  return v
+end
+
+local function dims_of(v)
+  if v.s == nil then v.s, v.g = lead_dims(v.link) end
+  return v.s, v.g
 end
 
 local function lead_first_win(L, lid)
@@ -189,22 +198,24 @@ local function cycle_ms(us) return math.floor(us / 1000 + 0.5) end
 
 local function emit_created(v, sign)
   if not v or not v.c then return end
-  put('dc', v.c, sign, v.rep, v.s, v.g)
+  local s, g = dims_of(v)
+  put('dc', v.c, sign, v.rep, s, g)
   put('e:' .. v.cs, v.c, sign, v.rep)
 end
 
 local function emit_outcome(v, sign)
   if not v or not v.ok then return end
+  local s, g = dims_of(v)
   if v.ok == 'w' then
-    put('dw', v.ot, sign, v.rep, v.s, v.g)
-    put('rw', v.ot, sign * v.amt, v.rep, v.s, v.g)
+    put('dw', v.ot, sign, v.rep, s, g)
+    put('rw', v.ot, sign * v.amt, v.rep, s, g)
     put('e:won', v.ot, sign, v.rep)
     if v.c then
-      put('cn', v.ot, sign, v.rep, v.s, v.g)
-      put('cs', v.ot, sign * cycle_ms(v.ot[1] - v.c[1]), v.rep, v.s, v.g)
+      put('cn', v.ot, sign, v.rep, s, g)
+      put('cs', v.ot, sign * cycle_ms(v.ot[1] - v.c[1]), v.rep, s, g)
     end
   else
-    put('dl', v.ot, sign, v.rep, v.s, v.g)
+    put('dl', v.ot, sign, v.rep, s, g)
   end
 end
 
@@ -244,7 +255,9 @@ end
 -- -- diffs ---------------------------------------------------------------------------------------
 
 -- Whether two views (nil: contributes nothing) give a part the same inputs.
-local function same_dims(a, b) return a.rep == b.rep and a.s == b.s and a.g == b.g end
+-- Both views of a diff resolve their dims the same way (deal_view): lazily, the lead id
+-- stands for them.
+local function same_dims(a, b) return a.rep == b.rep and a.link == b.link and a.s == b.s and a.g == b.g end
 local function same_created(a, b)
   if not a or not b then return not a and not b end
   return a.c == b.c and a.cs == b.cs and same_dims(a, b)
@@ -271,11 +284,14 @@ local function same_cust(a, b)
 end
 
 local function diff_deal(old, new, D, n_old)
-  if not same_created(old, new) then
+  -- Every comparison before any emit: emitting resolves lazy dims, which would tell apart
+  -- views that are the same.
+  local created, outcome = same_created(old, new), same_outcome(old, new)
+  if not created then
     emit_created(old, -1)
     emit_created(new, 1)
   end
-  if not same_outcome(old, new) then
+  if not outcome then
     emit_outcome(old, -1)
     emit_outcome(new, 1)
   end
@@ -315,23 +331,24 @@ end
 -- An event's change to records: `before` resolves the views of every record it names (sets of
 -- lead, deal and customer ids: every record whose view the event can change); the handler then
 -- applies its statements; `after` resolves the views again and moves each part that changed.
-local function before(leads, deals, custs)
+-- `dims`: a lead event, whose deals' views must carry the lead's source and segment.
+local function before(leads, deals, custs, dims)
   local ol, od, on, oc = {}, {}, {}, {}
   for lid in pairs(leads) do ol[lid] = lead_view(lead(lid), lid) end
   for did in pairs(deals) do
     local D = deal(did)
-    od[did] = deal_view(D)
+    od[did] = deal_view(D, dims)
     on[did] = D and D.n and #D.n or 0
   end
   for cid in pairs(custs) do oc[cid] = cust_view(cust(cid), cid) end
-  return { leads, deals, custs, ol, od, on, oc }
+  return { leads, deals, custs, ol, od, on, oc, dims }
 end
 
 local function after(snap)
   local leads, deals, custs, ol, od, on, oc = snap[1], snap[2], snap[3], snap[4], snap[5], snap[6], snap[7]
   for did in pairs(deals) do
     local D = deal(did)
-    diff_deal(od[did], deal_view(D), D, on[did])
+    diff_deal(od[did], deal_view(D, snap[8]), D, on[did])
   end
   for lid in pairs(leads) do diff_lead(ol[lid], lead_view(lead(lid), lid)) end
   for cid in pairs(custs) do diff_cust(oc[cid], cust_view(cust(cid), cid)) end
@@ -365,7 +382,7 @@ local function lead_scope(lid)
       if D and kind_of(D.O) == 'w' then custs[D.O[7]] = true end
     end
   end
-  return { [lid] = true }, deals, custs
+  return { [lid] = true }, deals, custs, true
 end
 
 -- A deal's lead statement, and the link the lead keeps to find its deals.

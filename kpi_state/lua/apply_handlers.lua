@@ -60,7 +60,7 @@ H.DS = function(f)
   state(D, 'S', t, f.st)
   state_amount(D, t, f)
   D.n = D.n or {}
-  D.n[#D.n + 1] = { t, f.st, f.r or false }
+  D.n[#D.n + 1] = stage_entry(t, f.st, f.r or false)
   after(snap)
 end
 

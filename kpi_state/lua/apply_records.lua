@@ -16,7 +16,8 @@
 --               A {t, id, amount (reporting micro-units), raw micro-units if another currency} |
 --               U {t, id, rate} a later currency-only statement | S {t, id, stage} |
 --               O {t, id, minute, hour, day, 'w'|'l'|'o', customer} outcome | X {t, id, deleted?} |
---               n stage entries {tb, stage, rep or false} of deal.stage_changed
+--               n stage entries {false, false, minute, hour, day, stage, rep or false} of
+--               deal.stage_changed (a tb for their buckets, without time and event id)
 --   customer C: wd ids of deals ever won for it | ch churned
 -- A tb is {t (epoch us), event id, minute, hour, day bucket starts} (tb_of).
 
@@ -40,6 +41,10 @@ local function state_outcome(E, tb, kind, customer)
   E.O = outcome_stmt(tb, kind, customer)
 end
 local function kind_of(O) return O and O[6] end
+
+-- A stage entry of a deal.stage_changed: {false, false, minute, hour, day, stage, rep or false},
+-- itself a tb for its buckets (keys_of reads only those); time and event id are not needed.
+local function stage_entry(tb, stage, rep) return { false, false, tb[3], tb[4], tb[5], stage, rep } end
 
 local function deleted(E) return E and E.X and E.X[3] end
 local function value(statement, default)
@@ -86,7 +91,7 @@ local function upgrade(kind, s)
     end
     if s.n then
       n.n = {}
-      for i, e in ipairs(s.n) do n.n[i] = { e[1], e[2], false } end
+      for i, e in ipairs(s.n) do n.n[i] = stage_entry(e[1], e[2], false) end
     end
   else
     n.ch = s.ch
@@ -230,7 +235,7 @@ local function emit_stages(v, n, sign, first, last)
   if not v or not n then return end
   for i = first, last do
     local e = n[i]
-    put('e:' .. e[2], e[1], sign, e[3] or v.rep)
+    put('e:' .. e[6], e, sign, e[7] or v.rep)
   end
 end
 

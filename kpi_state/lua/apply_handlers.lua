@@ -3,14 +3,25 @@
 
 local H = {}
 
-H.LC = function(f)
-  if lead(f.l) and lead(f.l).c then return 'conflict' end
-  local snap = before(lead_scope(f.l))
-  local L, t = lead(f.l, true), tb_of(f)
+local function create_lead(L, f)
+  local t = tb_of(f)
   L.c = t
   state(L, 'R', t, f.r)
   state(L, 'S', t, f.s)
   state(L, 'G', t, f.g)
+end
+
+H.LC = function(f)
+  local known = lead(f.l)
+  if known and known.c then return 'conflict' end
+  if not known then -- the usual case: nothing names this lead yet, nothing else can move
+    local L = lead(f.l, true)
+    create_lead(L, f)
+    diff_lead(nil, lead_view(L, f.l))
+    return
+  end
+  local snap = before(lead_scope(f.l))
+  create_lead(lead(f.l, true), f)
   after(snap)
 end
 
@@ -35,27 +46,38 @@ H.LR = lead_deletion(false)
 
 -- Qualification changes the lead's own view only.
 H.LQ = function(f)
-  local snap = before({ [f.l] = true }, {}, {})
+  local snap = before({ [f.l] = true }, NONE, NONE)
   local L, t = lead(f.l, true), tb_of(f)
   if not L.q or earlier(t, L.q) then L.q = t end
   after(snap)
 end
 
-H.DC = function(f)
-  if deal(f.k) and deal(f.k).c then return 'conflict' end
-  local snap = before(deal_scope(f))
-  local D, t = deal(f.k, true), tb_of(f)
+local function create_deal(D, f)
+  local t = tb_of(f)
   D.c, D.cs = t, f.st
   state(D, 'S', t, f.st)
   if f.r then state(D, 'R', t, f.r) end
   state_amount(D, t, f)
   state_lead(D, t, f)
+end
+
+H.DC = function(f)
+  local known = deal(f.k)
+  if known and known.c then return 'conflict' end
+  if not known then -- the usual case: a new deal is open, so no lead or customer can move
+    local D = deal(f.k, true)
+    create_deal(D, f)
+    diff_deal(nil, deal_view(D), D, 0)
+    return
+  end
+  local snap = before(deal_scope(f))
+  create_deal(deal(f.k, true), f)
   after(snap)
 end
 
 -- A stage change moves the deal's own view only (stage, amount, one more entry).
 H.DS = function(f)
-  local snap = before({}, { [f.k] = true }, {})
+  local snap = before(NONE, { [f.k] = true }, NONE)
   local D, t = deal(f.k, true), tb_of(f)
   state(D, 'S', t, f.st)
   state_amount(D, t, f)
@@ -127,7 +149,7 @@ end
 
 H.CH = function(f)
   put('ch', tb_of(f), 1)
-  local snap = before({}, {}, { [f.c] = true })
+  local snap = before(NONE, NONE, { [f.c] = true })
   cust(f.c, true).ch = 1
   after(snap)
 end

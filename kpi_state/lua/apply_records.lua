@@ -10,6 +10,7 @@
 -- with the old view and added with the new one. Unchanged parts cost nothing.
 --
 -- Stored entity fields (msgpack, kept for the entity TTL; v = 2 marks this layout):
+--   (a statement made by the record's creation event is {false, false, value}: its key is c)
 --   lead L:     c created tb | R, S, G {t, id, rep/source/segment} | q first qualified tb |
 --               X {t, id, deleted?} | dl ids of deals that ever named this lead
 --   deal D:     c created tb | cs initial stage | R {t, id, owner} | L {t, id, lead id} |
@@ -22,6 +23,7 @@
 -- A tb is {t (epoch us), event id, minute, hour, day bucket starts} (tb_of).
 
 local UNASSIGNED, UNKNOWN = 'unassigned', 'unknown'
+local NONE = {} -- an empty set or list that is never written to (spares an allocation)
 
 -- A statement is a flat array that earlier() orders like a tb: {t, event id, a, b}; the outcome
 -- keeps the whole tb in front, {t, event id, minute, hour, day, kind, customer}, so that it is
@@ -29,11 +31,22 @@ local UNASSIGNED, UNKNOWN = 'unassigned', 'unknown'
 local function stmt(tb, a, b) return { tb[1], tb[2], a, b } end
 local function outcome_stmt(tb, kind, customer) return { tb[1], tb[2], tb[3], tb[4], tb[5], kind, customer } end
 
+-- A statement made by the record's creation event is stored as {false, false, a, b}: its key
+-- is the record's c (the tb kept anyway), which spares an event id per attribute.
+local function key_of(E, statement)
+  if statement[1] then return statement end
+  return E.c
+end
+
 -- Replaces the statement E[name] unless the stored one is later.
 local function state(E, name, tb, a, b)
   local cur = E[name]
-  if cur and not earlier(cur, tb) then return end
-  E[name] = stmt(tb, a, b)
+  if cur and not earlier(key_of(E, cur), tb) then return end
+  if tb == E.c then
+    E[name] = { false, false, a, b }
+  else
+    E[name] = stmt(tb, a, b)
+  end
 end
 local function state_outcome(E, tb, kind, customer)
   local cur = E.O
@@ -126,7 +139,7 @@ local function cust(id, create) return entity(CK, 'C', id, create) end
 local function amount_now(D)
   local A, U = D.A, D.U
   if not A then return 0 end
-  if U and earlier(A, U) then return math.floor((A[4] or A[3]) * U[3] + 0.5) end
+  if U and earlier(key_of(D, A), key_of(D, U)) then return math.floor((A[4] or A[3]) * U[3] + 0.5) end
   return A[3]
 end
 
@@ -168,7 +181,7 @@ end
 
 local function lead_first_win(L, lid)
   local best
-  for _, did in ipairs(L.dl or {}) do
+  for _, did in ipairs(L.dl or NONE) do
     local D = deal(did)
     local O = won_outcome(D)
     if O and value(D.L) == lid and (not best or earlier(O, best)) then best = O end
@@ -187,7 +200,7 @@ end
 local function cust_view(C, cid)
   if not C then return nil end
   local best, bd
-  for _, did in ipairs(C.wd or {}) do
+  for _, did in ipairs(C.wd or NONE) do
     local D = deal(did)
     local O = won_outcome(D)
     if O and O[7] == cid and (not best or earlier(O, best)) then best, bd = O, D end
@@ -239,10 +252,12 @@ local function emit_stages(v, n, sign, first, last)
   end
 end
 
-local function emit_lead_base(v, sign)
-  if not v then return end
-  if v.c then put('ld', v.c, sign, v.r, v.s, v.g) end
-  if v.q then put('ql', v.q, sign, v.r, v.s, v.g) end
+local function emit_lead_created(v, sign)
+  if v and v.c then put('ld', v.c, sign, v.r, v.s, v.g) end
+end
+
+local function emit_lead_qualified(v, sign)
+  if v and v.q then put('ql', v.q, sign, v.r, v.s, v.g) end
 end
 
 local function emit_lead_conversion(v, sign)
@@ -274,10 +289,6 @@ end
 local function same_pipeline(a, b)
   if not a or not b then return not a and not b end
   return a.c == b.c and a.ok == b.ok and a.stage == b.stage and a.amt == b.amt
-end
-local function same_lead_base(a, b)
-  if not a or not b then return not a and not b end
-  return a.c == b.c and a.q == b.q and a.r == b.r and a.s == b.s and a.g == b.g
 end
 local function same_conversion(a, b)
   if not a or not b then return not a and not b end
@@ -314,13 +325,21 @@ local function diff_deal(old, new, D, n_old)
   end
 end
 
+-- A lead's parts: its creation (c), its qualification (q), its conversion (w); each moves when
+-- its own input or the lead's attributes (or its existence) change.
 local function diff_lead(old, new)
-  local same_base = same_lead_base(old, new)
-  if not same_base then
-    emit_lead_base(old, -1)
-    emit_lead_base(new, 1)
+  if not old and not new then return end
+  -- true only when both exist with the same attributes: then old.x ~= new.x below is safe
+  local attrs = old and new and old.r == new.r and old.s == new.s and old.g == new.g
+  if not attrs or old.c ~= new.c then
+    emit_lead_created(old, -1)
+    emit_lead_created(new, 1)
   end
-  if not same_base or not same_conversion(old, new) then
+  if not attrs or old.q ~= new.q then
+    emit_lead_qualified(old, -1)
+    emit_lead_qualified(new, 1)
+  end
+  if not attrs or not same_conversion(old, new) or old.c ~= new.c then
     emit_lead_conversion(old, -1)
     emit_lead_conversion(new, 1)
   end
@@ -381,7 +400,7 @@ local function lead_scope(lid)
   local L = lead(lid)
   local deals, custs = {}, {}
   if L then
-    for _, did in ipairs(L.dl or {}) do
+    for _, did in ipairs(L.dl or NONE) do
       deals[did] = true
       local D = deal(did)
       if D and kind_of(D.O) == 'w' then custs[D.O[7]] = true end

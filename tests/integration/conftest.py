@@ -1,5 +1,5 @@
-"""Fixtures of the streaming tests (defined in ``streaming_support``), shared by their modules."""
+"""Fixtures of the integration tests that talk to the broker (defined in ``streaming_support``)."""
 
-from tests.integration.streaming_support import namespaces, workers
+from tests.integration.streaming_support import broker, namespaces, workers
 
-__all__ = ["namespaces", "workers"]
+__all__ = ["broker", "namespaces", "workers"]

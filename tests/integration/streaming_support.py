@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kpi_app.bootstrap import build_runtime
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
-from streams.broker import free_port
+from streams.broker import EmbeddedBroker, free_port
 from streams.deadletters import read_headers
 from streams.simulator import SimConfig, simulate_history
 from streams.topics import partition_count
@@ -307,6 +307,13 @@ def partitions_of(bootstrap: str, topic: str) -> int | None:
 
 
 # -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    """The embedded Kafka-compatible broker, one per test module."""
+    with EmbeddedBroker() as running:
+        yield running
 
 
 @pytest.fixture

@@ -44,12 +44,6 @@ from tests.integration.streaming_support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
-        yield running
-
-
 # -- tests -------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,12 +37,6 @@ from tests.integration.streaming_support import (
 pytestmark = pytest.mark.integration
 
 LOS_ANGELES = {"KPI_TIMEZONE": "America/Los_Angeles"}
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
-        yield running
 
 
 def _hostile_lines(valid: list[bytes]) -> tuple[list[bytes], dict[str, str]]:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit lint bench clean
+.PHONY: help install deps demo test test-unit lint bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv with the project and its dev tools (quick when nothing changed)
 
+deps: ## the programs the tests run for real (Prometheus, promtool, amtool, Chromium, Redis): installed with apt when possible
+	tools/deps.sh
+
 demo: install ## live demo on the embedded default (broker, worker, simulator, wall page)
 	$(BIN)/kpi demo
 
@@ -26,8 +29,8 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install lint ## lint, then every test (unit, integration against real services, e2e)
-	$(BIN)/pytest -q
+test: install deps lint ## lint, then every test (unit, integration against real services, e2e); none may be skipped
+	KPI_NO_SKIPS=1 $(BIN)/pytest -q
 
 test-unit: install ## fast unit tests only (no servers)
 	$(BIN)/pytest -q tests/unit

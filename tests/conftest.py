@@ -87,3 +87,17 @@ def namespace_family() -> Iterator[SettingsFactory]:
             pass
 
     asyncio.run(clear())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``make test`` (KPI_NO_SKIPS=1) or CI (CI=true) a skipped test fails the run: a test
+    that did not run proves nothing, and ``make deps`` provides everything the tests need."""
+    if os.environ.get("KPI_NO_SKIPS") != "1" and os.environ.get("CI", "").lower() != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_line(
+            f"{len(skipped)} test(s) skipped: every test must run here (see `make deps`)", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -68,6 +68,7 @@ TARGET_BATCHED = 3.0  # worker events/s (100 per message) over bare agent msgs/s
 TARGET_TWO_WORKERS = 1.7
 TARGET_P99_SECONDS = 1.0
 POLL_SECONDS = 0.02  # watermark polling while measuring throughput
+PROBE_DIMENSION_CAP = 100_000  # sources a bench worker admits: one per probe (see start_worker)
 PROBE_POLL_SECONDS = 0.005  # Redis polling for probes: the resolution of a probe's latency
 READY_TIMEOUT = 120.0
 APPLY_TIMEOUT = 300.0
@@ -213,9 +214,18 @@ def start_worker(
     port = free_port()
     argv = [sys.executable, "-m", "kpi_app", "worker", "--kafka-url", kafka_url, "--redis-url", redis_url]
     argv += ["--namespace", namespace, "--topic", topic, "--group", group, "--web-port", str(port)]
+    # Freshness probes each carry a source of their own (their `all` field is what is polled):
+    # past the write-time dimension cap (KPI_DIMENSION_CAP, 500) they would fold into "other" and
+    # never be seen, so the bench's workers admit more.
+    env = {**os.environ, "KPI_DIMENSION_CAP": str(PROBE_DIMENSION_CAP)}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
         )
     return WorkerProcess(proc, port, log, time.perf_counter())
 

@@ -407,6 +407,11 @@ def demo(
     )
 
 
+from kpi_app.cli_import import import_csv  # noqa: E402 - it uses this module's helpers
+
+app.command("import")(import_csv)
+
+
 def main() -> None:
     configure_logging()
     app()

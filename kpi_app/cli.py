@@ -407,9 +407,10 @@ def demo(
     )
 
 
-from kpi_app.cli_import import import_csv  # noqa: E402 - it uses this module's helpers
+from kpi_app.cli_connectors import hooks_worker, import_csv  # noqa: E402 - they use this module's helpers
 
 app.command("import")(import_csv)
+app.command("hooks-worker")(hooks_worker)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``kpi import``: registered on the ``kpi`` app by kpi_app.cli (kept apart for module size)."""
+"""`kpi import` and `kpi hooks-worker`: registered on the `kpi` app by kpi_app.cli (kept apart for size)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,54 @@ def import_csv(
         out.print(f"  {reason}: {n:,}")
     if summary.reasons:
         out.print(f"skipped/rejected rows with line numbers and reasons: {rejects_path}")
+
+
+def hooks_worker(
+    kafka_url: KafkaUrl = None,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    topic: Topic = None,
+    group: Annotated[str | None, typer.Option("--group", help="consumer group prefix")] = None,
+    web_port: Annotated[int, typer.Option(help="port of /healthz (one per process)")] = 6067,
+    web_host: Annotated[str, typer.Option(help="bind address of the web port")] = "127.0.0.1",
+    supervise: Annotated[
+        bool, typer.Option(help="run faust in a child process that is started again when it stops")
+    ] = True,
+) -> None:
+    """Translate stored CRM webhooks (POST /hooks/*) into events on the event topic."""
+    settings = load_settings(
+        kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic, consumer_group=group
+    )
+    if not settings.kafka_url:
+        raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
+    if supervise:
+        from streams.broker import bootstrap_servers
+        from streams.supervisor import Supervisor
+
+        given = {
+            "--kafka-url": kafka_url,
+            "--redis-url": redis_url,
+            "--namespace": namespace,
+            "--topic": topic,
+            "--group": group,
+            "--web-port": str(web_port),
+            "--web-host": web_host,
+        }
+        child = [sys.executable, "-m", "kpi_app", "hooks-worker", "--no-supervise"]
+        child += [part for flag, value in given.items() if value is not None for part in (flag, value)]
+        topics = {
+            settings.topic: settings.topic_partitions,
+            settings.dlq_topic: settings.dlq_partitions,
+            settings.hooks_topic: settings.hooks_partitions,
+        }
+        raise typer.Exit(Supervisor(child, bootstrap_servers(settings.kafka_url), topics).run())
+    from kpi_app.bootstrap import build_runtime
+    from streams.hooks_worker import HooksWorker
+
+    runtime = build_runtime(settings)
+    try:
+        worker = HooksWorker(settings, redis=runtime.redis, web_port=web_port, web_host=web_host)
+    except ValueError as exc:
+        console.print(f"[red]invalid connector mapping:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    worker.run()

@@ -123,8 +123,14 @@ def test_state_updates() -> None:
     assert updates(prop("dealstage", "closedwon")) == {"outcome": "won"}
     assert updates(prop("dealstage", "contractsent")) == {"outcome": "open"}
     assert updates(prop("dealstage", "nope")) == {}
-    assoc = hs("deal.associationChange", associationType="DEAL_TO_COMPANY", fromObjectId=5001, toObjectId=9001,
-               associationRemoved=False, isPrimaryAssociation=True)  # fmt: skip
+    assoc = hs(
+        "deal.associationChange",
+        associationType="DEAL_TO_COMPANY",
+        fromObjectId=5001,
+        toObjectId=9001,
+        associationRemoved=False,
+        isPrimaryAssociation=True,
+    )
     assert updates(assoc) == {"company": "9001"}
     assert updates({**assoc, "associationRemoved": True}) == {"company": ""}
 
@@ -193,8 +199,13 @@ def test_unusable_notifications_are_refused(item: dict[str, Any], reason: str) -
 # -- Pipedrive ---------------------------------------------------------------------------------
 
 
-def pd(action: str = "change", data: dict[str, Any] | None = None, previous: dict[str, Any] | None = None,
-       delivery: str = "b3f9a9a0-1", timestamp: Any = "2026-01-02T10:00:00.000Z") -> dict[str, Any]:  # fmt: skip
+def pd(
+    action: str = "change",
+    data: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+    delivery: str = "b3f9a9a0-1",
+    timestamp: Any = "2026-01-02T10:00:00.000Z",
+) -> dict[str, Any]:
     return {
         "meta": {
             "action": action,

@@ -21,7 +21,9 @@ letter there, never an error here.
 HubSpot signature v3: base64 of HMAC-SHA256 keyed with the app secret over
 ``method + URI + body + timestamp``, where URI is the full URL HubSpot called. Behind a proxy
 that changes the scheme, host or port, set ``KPI_HUBSPOT_PUBLIC_URL`` to what HubSpot calls
-(e.g. ``https://kpi.example.com``); the path and query are taken from the request as received.
+(e.g. ``https://kpi.example.com``); the path and query are taken from the request as received,
+with the percent-encodings HubSpot decodes before signing (``%3A``, ``%2F``, ``%3F``, ``%40``,
+``%21``, ``%24``, ``%27``, ``%28``, ``%29``, ``%2A``, ``%2C``, ``%3B``) decoded.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -47,6 +50,8 @@ from kpi_state.settings import Settings
 log = structlog.get_logger(__name__)
 
 HUBSPOT_MAX_AGE_MS = 5 * 60 * 1000
+# HubSpot signs the URI with these percent-encodings decoded (its request-validation docs).
+_HUBSPOT_DECODED = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
 RawPublisher = Callable[[bytes], Awaitable[None]]
 
 
@@ -62,8 +67,10 @@ def hubspot_uri(request: Request, public_url: str) -> str:
     query = request.url.query
     tail = path + (f"?{query}" if query else "")
     if public_url:
-        return public_url.rstrip("/") + tail
-    return f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}{tail}"
+        uri = public_url.rstrip("/") + tail
+    else:
+        uri = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}{tail}"
+    return _HUBSPOT_DECODED.sub(lambda m: chr(int(m.group(1), 16)), uri)
 
 
 def hubspot_refusal(settings: Settings, request: Request, body: bytes, now_ms: int) -> str | None:

@@ -9,7 +9,8 @@ older reopen never outranks a later win). ``deal.created`` (at ``add_time``) is 
 delivery under an id of the deal alone, so a change that arrives before its creation still
 creates the deal, and never twice.
 
-Event ids: ``meta.id`` (v1: ``meta.id`` too; a retry keeps it), plus the position of the event.
+Event ids: ``meta.id`` (v2; a retry keeps it), plus the position of the event. v1's ``meta.id``
+is the record's id, so there the delivery is the record, the action and ``timestamp_micro``.
 
 v2: ``{meta: {action: create|change|delete, entity, entity_id, id, timestamp, ...}, data,
 previous}``; v1: ``{meta: {action: added|updated|deleted|merged, object, id, timestamp, ...},
@@ -46,7 +47,15 @@ class PipedriveMapper:
         meta: Mapping[str, Any] = body["meta"]
         entity = meta.get("entity", meta.get("object"))
         action = ACTIONS.get(str(meta.get("action", "")))
-        delivery = vendor_id(meta.get("id"))
+        if "object" in meta and "entity" not in meta:
+            # v1: meta.id is the record's id, so a delivery is the record, the action and its
+            # time (microseconds when given); a retry repeats all three.
+            stamp = meta.get("timestamp_micro", meta.get("timestamp"))
+            delivery = (
+                hashed_id("v1", meta.get("id"), meta.get("action"), stamp) if stamp is not None else None
+            )
+        else:
+            delivery = vendor_id(meta.get("id"))
         when = parse_time(meta.get("timestamp"))
         if entity != "deal":
             return Translation.refuse(

@@ -290,6 +290,11 @@ def test_pipedrive_delete_v1_and_refusals() -> None:
         "previous": deal(stage_id=3),
     }
     v1_events = PD.translate(v1).events
+    assert PD.translate(v1).events == v1_events  # a v1 retry: the same ids
+    later = {**v1, "meta": {**v1["meta"], "timestamp": 1767348060}}  # another change of deal 8
+    assert {e["event_id"] for e in PD.translate(later).events[1:]}.isdisjoint(
+        e["event_id"] for e in v1_events
+    )
     assert v1_events[2]["to_stage"] == "prospecting" and v1_events[1]["rep_id"] == "bob"
     unmapped = PD.translate(pd(data=deal(stage_id=9)))
     assert (unmapped.reason, unmapped.field_name) == (

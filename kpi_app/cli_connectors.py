@@ -111,6 +111,8 @@ def import_csv(
     out.print(f"rows {summary.rows:,}  events {summary.events:,}  {counts}")
     for reason, n in sorted(summary.reasons.items()):
         out.print(f"  {reason}: {n:,}")
+    for problem in summary.first_problems:
+        console.print(f"  {problem}", markup=False, highlight=False)
     if summary.reasons:
         out.print(f"skipped/rejected rows with line numbers and reasons: {rejects_path}")
 

@@ -33,6 +33,8 @@ from kpi_state.events import Event, EventParser, Rejection
 from kpi_state.settings import Settings
 from kpi_state.store import FactBuilder, Outcome
 
+SHOWN_PROBLEMS = 10  # skipped or refused rows printed by the command (all are in the rejects file)
+
 
 @dataclass
 class ImportSummary:
@@ -41,6 +43,7 @@ class ImportSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     rejects_path: Path | None = None
+    first_problems: list[str] = field(default_factory=list)  # "line N: reason: detail", the first few
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -110,6 +113,8 @@ class Importer:
     def _write_reject(self, line: int, reason: str, detail: str, field_name: str | None = None) -> None:
         record = {"line": line, "reason": reason, "field": field_name, "detail": detail}
         self._rejects.write(orjson.dumps(record) + b"\n")
+        if len(self.summary.first_problems) < SHOWN_PROBLEMS:
+            self.summary.first_problems.append(f"line {line}: {reason}: {detail}")
 
     def rows(self, path: Path, progress: Progress | None) -> Iterator[_Row]:
         """Mapped and validated rows; skipped rows are accounted here and not yielded."""

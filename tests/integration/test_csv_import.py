@@ -181,3 +181,22 @@ def test_import_through_the_broker_and_a_worker(
         lambda: duplicates() >= summary["events"], CONVERGE_TIMEOUT, "the re-import's duplicates", worker
     )
     assert document(ws, AS_OF) == state
+
+
+def test_skipped_rows_are_shown_with_line_numbers(
+    tmp_path: Path, namespaces: Callable[..., Settings]
+) -> None:
+    ns = namespaces()
+    export = tmp_path / "export.csv"
+    export.write_text(
+        "Id,Owner,Stage,Amount,Created,Closed\n"
+        "D1,alice,won,100,2026-01-05,2026-02-01\n"
+        'D2,bob,won,"12,5 EUR",2026-01-06,2026-02-02\n'
+        "D3,bob,closing,,2026-01-07,\n"
+    )
+    columns = "id=Id,owner=Owner,stage=Stage,amount=Amount,created_at=Created,closed_at=Closed"
+    rejects = str(tmp_path / "r.jsonl")
+    out = kpi("import", str(export), "--map", columns, "--no-progress", "--rejects", rejects, *cli_args(ns))
+    assert "changed 1" in out.stdout and "skipped 2" in out.stdout
+    assert "line 3: bad_amount: amount '12,5 EUR'" in out.stderr
+    assert "line 4: unknown_stage: stage 'closing'" in out.stderr

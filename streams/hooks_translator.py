@@ -51,6 +51,7 @@ class Letter:
 
 @dataclass
 class Translated:
+    vendor: str = "unknown"  # "hubspot", "pipedrive", or "unknown" (not an envelope)
     events: list[dict[str, Any]] = field(default_factory=list)
     letters: list[Letter] = field(default_factory=list)
 
@@ -102,6 +103,7 @@ class HookTranslator:
             )
             return out
         body = wrapped.get("body")
+        out.vendor = wrapped["vendor"]
         if wrapped["vendor"] == "pipedrive":
             self._add(out, self._guard(lambda: self.pipedrive.translate(body)), orjson.dumps(body), None)
             return out

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 from faust.types import StreamT
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from redis.exceptions import RedisError
 
 from kpi_state.settings import Settings
@@ -60,6 +61,21 @@ class HooksWorker:
         )
         self.dead_letters = ProducerDeadLetters(self.app.producer, settings.dlq_topic)
         self.translated = 0
+        # /metrics: what became of the stored payloads. An untranslatable item is bad input like
+        # any other (DESIGN section 2): counted in kpi_events_rejected_total by reason.
+        self.registry = CollectorRegistry()
+        self.payloads = Counter(
+            "kpi_hooks_payloads",
+            "Stored webhook payloads translated, by vendor",
+            ["vendor"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "kpi_events_rejected",
+            "Webhook items dead-lettered by the translation, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         hooks = self.app.topic(
             settings.hooks_topic,
             key_type=bytes,
@@ -74,7 +90,12 @@ class HooksWorker:
         async def healthz(view: View, request: Request) -> Response:
             return view.json({"status": "running", "translated": self.translated})
 
+        async def metrics(view: View, request: Request) -> Response:
+            headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"}
+            return view.bytes(generate_latest(self.registry), headers=headers)
+
         self.app.page("/healthz", name="healthz")(healthz)
+        self.app.page("/metrics", name="metrics")(metrics)
 
     async def _consume(self, stream: StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -88,6 +109,9 @@ class HooksWorker:
                 translated = await self.translator.translate(message.value)
                 await self._publish(translated, message)
                 self.translated += 1
+                self.payloads.labels(translated.vendor).inc()
+                for letter in translated.letters:
+                    self.rejected.labels(letter.reason).inc()
                 return
             except RETRIABLE as exc:
                 if time.monotonic() > deadline:

@@ -163,6 +163,9 @@ def test_webhooks_through_serve_broker_and_workers(
         assert len(unmapped) == 1 and "999" in unmapped[0][1]["dlq.detail"]
         assert orjson.loads(unmapped[0][0])["propertyValue"] == "999"
         assert unmapped[0][1]["dlq.topic"] == hooks_topic
+        hooks_metrics = hooks.metrics()
+        assert hooks_metrics['kpi_events_rejected_total{reason="unmapped_stage"}'] == 1.0
+        assert hooks_metrics['kpi_hooks_payloads_total{vendor="pipedrive"}'] == 5.0
         metrics = kpi_worker.metrics()
         duplicates = sum(v for k, v in metrics.items() if k.startswith("kpi_events_duplicate_total"))
         assert duplicates >= 5  # the retried batch and delivery

@@ -121,6 +121,36 @@ async def _load(base: str) -> dict[str, Any]:
     }
 
 
+async def _translate_rate(redis_url: str, namespace: str, payloads: int = 400) -> dict[str, Any]:
+    """Translation alone (HookTranslator on Redis, no broker): HubSpot items and Pipedrive
+    deliveries per second of one agent, which must keep up with what the endpoint accepts."""
+    from kpi_app.bootstrap import build_runtime
+    from kpi_app.hooks_web import envelope
+    from kpi_state.settings import Settings
+    from streams.hooks_translator import HookTranslator
+
+    settings = Settings(redis_url=redis_url, namespace=namespace, hubspot_owners="7=bob")
+    runtime = build_runtime(settings)
+    try:
+        translator = HookTranslator(settings, runtime.redis)
+        hubspot = [envelope("hubspot", _hubspot(n), 0) for n in range(payloads)]
+        pipedrive = [envelope("pipedrive", _pipedrive(n).replace(b'"stage_id":1', b'"stage_id":null'), 0)
+                     for n in range(payloads)]  # fmt: skip
+        out: dict[str, Any] = {}
+        for name, messages, items in (("hubspot", hubspot, 10), ("pipedrive", pipedrive, 1)):
+            start = time.perf_counter()
+            events = 0
+            for message in messages:
+                events += len((await translator.translate(message)).events)
+            seconds = time.perf_counter() - start
+            out[f"{name}_items_per_s"] = round(len(messages) * items / seconds)
+            out[f"{name}_events"] = events
+        await runtime.store.clear()
+        return out
+    finally:
+        await runtime.aclose()
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,10 +191,13 @@ def run(redis_url: str) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    result["translation"] = asyncio.run(_translate_rate(redis_url, f"bench-hooks-{suffix}"))
     result["verdict"] = (
         f"webhook answer at {RATE:g} requests/s (serve + embedded broker + load generator on one machine): "
         f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
-        f"errors {sum(result['errors'].values())} (target p99 < 200 ms)"
+        f"errors {sum(result['errors'].values())} (target p99 < 200 ms); translation by one agent: "
+        f"{result['translation']['hubspot_items_per_s']:,} HubSpot items/s, "
+        f"{result['translation']['pipedrive_items_per_s']:,} Pipedrive deliveries/s (before publishing)"
     )
     return result
 

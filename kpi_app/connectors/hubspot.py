@@ -217,6 +217,9 @@ class HubSpotMapper:
             return Translation.refuse(
                 "unmapped_property", "propertyName", f"deal property {name!r} is not translated"
             )
+        if not value.strip():
+            # A cleared amount, owner or currency: contract v2 has no statement for "none".
+            return out
         if attribute == "amount":
             new_amount = _amount(value)
             if new_amount is None:
@@ -227,12 +230,8 @@ class HubSpotMapper:
             if _value(state, "currency"):
                 stated["currency"] = _value(state, "currency")
         elif attribute == "owner":
-            if not value:
-                return out  # unassigning an owner: contract v2 has no statement for "no owner"
             stated = {"rep_id": self.rep(value)}
         else:
-            if not value:
-                return out
             stated = {"currency": value.upper()}
         emit("deal.updated", deal_id=deal, **stated)
         # The deal's latest value of this attribute must outrank the outcome event that carried an

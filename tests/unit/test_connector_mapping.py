@@ -96,6 +96,12 @@ def test_open_stage_moves_and_reopens() -> None:
     assert len({e["event_id"] for e in out.events}) == 2
 
 
+def test_cleared_values_state_nothing() -> None:
+    for name in ("amount", "hubspot_owner_id", "deal_currency_code"):
+        out = run(prop(name, ""))
+        assert out.reason is None and out.events == [], name
+
+
 def test_unmapped_stage_is_refused_naming_the_stage() -> None:
     out = run(prop("dealstage", "1234567"))
     assert (out.reason, out.field_name) == ("unmapped_stage", "propertyValue")

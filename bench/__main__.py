@@ -30,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--redis-url", default=os.environ.get("KPI_REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--events", type=int, default=200_000, help="events for the replay benchmark")
-    parser.add_argument("--only", choices=["replay", "scrape", "streaming"], action="append")
+    parser.add_argument("--only", choices=["replay", "scrape", "streaming", "hooks"], action="append")
     args = parser.parse_args(argv)
     from kpi_app.cli import configure_logging
 
     configure_logging(logging.WARNING)  # logs to stderr: stdout is the JSON report
-    wanted = set(args.only or ["replay", "scrape", "streaming"])
+    wanted = set(args.only or ["replay", "scrape", "streaming", "hooks"])
     report: dict[str, Any] = {"machine": machine()}
     verdicts: list[str] = []
 
@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             streaming = bench_streaming.run(args.redis_url)
             report["streaming"] = streaming
             verdicts.extend(streaming.get("verdicts", []))
+
+    if "hooks" in wanted:
+        from bench import bench_hooks
+
+        hooks = bench_hooks.run(args.redis_url)
+        report["hooks"] = hooks
+        verdicts.append(hooks["verdict"])
 
     report["machine"]["load_average_after"] = os.getloadavg()
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())

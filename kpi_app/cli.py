@@ -407,6 +407,12 @@ def demo(
     )
 
 
+from kpi_app.cli_connectors import hooks_worker, import_csv  # noqa: E402 - they use this module's helpers
+
+app.command("import")(import_csv)
+app.command("hooks-worker")(hooks_worker)
+
+
 def main() -> None:
     configure_logging()
     app()

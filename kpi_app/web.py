@@ -3,6 +3,7 @@
 Routes (every error body is JSON ``{"error": <code>, "message": ..., ...}``):
 
 - ``POST /events``: the ingest, see ``kpi_app.ingest`` (202/401/413/415/422/429/503).
+- ``POST /hooks/hubspot``, ``POST /hooks/pipedrive``: CRM webhooks, see ``kpi_app.hooks_web``.
 - ``GET /api/kpis?window=&by=&as_of=``: the DESIGN section-5 document, as ``kpi show
   --format json`` (both call ``KpiReader.document``). ``window``: comma-separated
   window names; ``by``: comma-separated ``rep``/``source``/``segment`` (or ``total``
@@ -47,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kpi_app.bootstrap import Runtime
 from kpi_app.guards import ReadGuard
+from kpi_app.hooks_web import RawPublisher, hook_routes
 from kpi_app.ingest import Ingest, error, json_response
 from kpi_app.publishing import BrokerProbe, ProducerPublisher, Publisher
 from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
@@ -128,12 +130,14 @@ def create_app(
     ops: OpMetrics | None = None,
     metrics_include: Iterable[Collector] = (),
     broker_probe: BrokerProbe | None = None,
+    hooks_publish: RawPublisher | None = None,
 ) -> Starlette:
     """The HTTP app. The caller owns ``runtime`` (and closes it); nothing connects here.
 
     ``ops``: where ingest counts the events it refuses (``kpi_events_rejected_total``);
     ``metrics_include``: extra collectors for ``/metrics`` (the process's ``kpi_*`` registry);
-    ``broker_probe``: whether the broker answers, for ``/healthz`` and the ingest's fast 503.
+    ``broker_probe``: whether the broker answers, for ``/healthz`` and the ingest's fast 503;
+    ``hooks_publish``: stores a raw CRM webhook payload (``/hooks/*``, ``kpi_app.hooks_web``).
     """
     settings = runtime.settings
     guard = ReadGuard(settings.read_token_list, settings.view_key_list)
@@ -217,6 +221,7 @@ def create_app(
 
     routes = [
         Route("/events", ingest.handle, methods=["POST"]),
+        *hook_routes(settings, hooks_publish),
         Route("/api/kpis", kpis, methods=["GET"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),

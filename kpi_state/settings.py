@@ -168,6 +168,19 @@ class Settings(BaseSettings):
     read_tokens: Annotated[str, NoDecode] = ""
     view_keys: Annotated[str, NoDecode] = ""
 
+    # CRM connectors (docs/connectors.md). Raw webhook payloads go to ``hooks_topic`` first;
+    # `kpi hooks-worker` translates them into ``topic``.
+    hooks_topic: str = "crm-hooks"
+    hooks_partitions: int = Field(default=4, ge=1, le=256)
+    hubspot_app_secret: str = ""
+    hubspot_stages: Annotated[str, NoDecode] = ""  # <dealstage id>=<stage>|won|lost,...
+    hubspot_owners: Annotated[str, NoDecode] = ""  # <owner id>=<rep>,...
+    # The public URL HubSpot calls (scheme://host[:port]), when a proxy changes what we see.
+    hubspot_public_url: str = ""
+    pipedrive_auth: str = ""  # user:password of HTTP Basic
+    pipedrive_stages: Annotated[str, NoDecode] = ""  # <stage_id>=<stage>,...
+    pipedrive_owners: Annotated[str, NoDecode] = ""  # <user id>=<rep>,...
+
     @property
     def read_token_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.read_tokens.split(",") if t.strip())

@@ -14,7 +14,7 @@ import base64
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,12 +42,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = "hs-e2e-secret"
 BASIC = "kpi:pd-e2e"
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as running:
-        yield running
 
 
 def start(args: list[str], env: dict[str, str], port: int, log: Path) -> Worker:

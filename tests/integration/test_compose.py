@@ -181,6 +181,8 @@ def test_prometheus_scrapes_what_compose_runs(services: dict[str, Any]) -> None:
     (dns,) = jobs["kpi-worker"]["dns_sd_configs"]
     assert dns["names"] == ["worker"] and dns["type"] == "A"
     assert str(dns["port"]) == _option(_command(services["worker"]), "--web-port")
+    # A worker listening on the container's loopback cannot be scraped from the Prometheus container.
+    assert _option(_command(services["worker"]), "--web-host") == "0.0.0.0"  # noqa: S104 - in its container
     assert config["global"]["scrape_interval"] == "15s"
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
     alertmanager_mounts = _bind_mounts(services["alertmanager"])

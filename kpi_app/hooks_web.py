@@ -44,7 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kpi_app.guards import secret_matches
-from kpi_app.ingest import _BodyTooLarge, error, json_response, read_limited
+from kpi_app.ingest import BodyTooLarge, error, json_response, read_limited
 from kpi_state.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -126,7 +126,7 @@ def hook_routes(settings: Settings, publish: RawPublisher | None) -> list[Route]
         limit = settings.ingest_max_body_bytes
         try:
             body = await read_limited(request, limit)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             return error(413, "payload_too_large", f"the body is limited to {limit} bytes", limit=limit)
         except ClientDisconnect:
             return error(400, "client_disconnected", "the client went away while sending")

@@ -87,18 +87,18 @@ def error(status: int, code: str, message: str, **extra: Any) -> Response:
     return json_response(status, {"error": code, "message": message, **extra}, headers)
 
 
-class _BodyTooLarge(Exception):
+class BodyTooLarge(Exception):
     pass
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refusing (``_BodyTooLarge``) as soon as it passes ``limit`` bytes."""
+    """The request body, refusing (``BodyTooLarge``) as soon as it passes ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLarge
+            raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -292,7 +292,7 @@ class Ingest:
             return too_large
         try:
             body = await read_limited(request, limit)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             return too_large
         except ClientDisconnect:
             return error(400, "client_disconnected", "the client went away while sending")

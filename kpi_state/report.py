@@ -1,10 +1,12 @@
 """The section-5 document: every window, every dimension and ``current``, read from buckets.
 
 One read is one read-only script call that sums the buckets inside Redis (60 minute +
-24 hour + 90 day buckets, the lifetime totals and the current state, or only those of the
-windows asked for); windows sharing a granularity are summed incrementally (7d, then 30d,
-then 90d over the same day buckets). The write-time dimension cap bounds the fields of every
-bucket, so a read's Redis time is bounded whatever the input.
+24 hour + 90 day buckets, the lifetime totals and the current state, the calendar windows'
+day and month buckets, or only those of the windows asked for); windows sharing a
+granularity are summed incrementally (7d, then 30d, then 90d over the same day buckets;
+today, mtd, qtd, ytd over T's month's days then the fiscal year's earlier months). The
+write-time dimension cap bounds the fields of every bucket, so a read's Redis time is bounded
+whatever the input.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from kpi_state import kpis
 from kpi_state.kpis import DIM_CODES, DIM_KEYS, Current, Dim
+from kpi_state.periods import CALENDAR_WINDOWS, calendar_groups
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
 from kpi_state.windows import WINDOWS, BucketClock, Window
@@ -49,6 +52,8 @@ class KpiReader:
     def __init__(self, store: KpiStore, settings: Settings) -> None:
         self._store = store
         self._clock = BucketClock(settings.tz)
+        self._tz = settings.tz
+        self._fiscal_start = settings.fiscal_year_start_month
         self._stages = settings.stage_names
         self._probabilities = {s.name: s.probability for s in settings.stage_list}
         self._currency = settings.currency
@@ -79,6 +84,12 @@ class KpiReader:
                 starts = self._clock.window_buckets(longest, as_of)
                 groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested]))
             order.extend(w.name for w in nested)
+        calendar = set(CALENDAR_WINDOWS) if wanted is None else wanted & set(CALENDAR_WINDOWS)
+        today = as_of.astimezone(self._tz).date()
+        for group in calendar_groups(calendar, today, self._fiscal_start):
+            names = [f"{kind}:{self._clock.local_midnight(day)}" for kind, day in group.keys]
+            groups.append((names, [cut for _, cut in group.cuts]))
+            order.extend(name for name, _ in group.cuts)
         groups.append((["cur"], [1]))
         sums = await self._store.sum_windows(groups)
         return dict(zip(order, sums[:-1], strict=True)), sums[-1]

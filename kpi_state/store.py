@@ -5,6 +5,8 @@ Key layout under the namespace prefix ``<ns>:`` (see lua/apply.lua for writes):
 - ``m:<start>``, ``h:<start>``, ``d:<start>``: hash per minute/hour/day bucket, fields
   ``<counter>`` (total) and ``<counter>|<r|s|g>|<value>`` (by rep/source/segment), values
   exact decimal integers of any size; expire after their window plus a margin.
+- ``mo:<start>``: the same per calendar month (``start``: local midnight of its 1st), for the
+  calendar windows (kpi_state/periods.py); kept for two fiscal years.
 - ``all``: the same fields for lifetime totals, never expires.
 - ``cur``: not-windowed state: ``ac`` active customers, ``po|<stage>`` open deals,
   ``pv|<stage>`` open pipeline value (micro-units).
@@ -34,7 +36,14 @@ from kpi_state import events as ev
 from kpi_state.events import Rejection
 from kpi_state.kpis import MICROS
 from kpi_state.settings import Settings
-from kpi_state.windows import LONGEST_BUCKETS, NOMINAL_SECONDS, BucketClock, epoch_micros
+from kpi_state.windows import (
+    LONGEST_BUCKETS,
+    MONTH_BUCKETS_KEPT,
+    MONTH_NOMINAL_SECONDS,
+    NOMINAL_SECONDS,
+    BucketClock,
+    epoch_micros,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -176,6 +185,7 @@ class FactBuilder:
             "m": str(b.minute),
             "h": str(b.hour),
             "d": str(b.day),
+            "mo": str(b.month),
         }
         self._fields[type(event)](self, event, f)
         return f
@@ -316,9 +326,11 @@ class KpiStore:
             "h": settings.hour_bucket_margin_seconds,
             "d": settings.day_bucket_margin_seconds,
         }
+        keep_seconds = {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")}
+        keep_seconds["mo"] = MONTH_BUCKETS_KEPT * MONTH_NOMINAL_SECONDS + keep["d"]
         self._config = orjson.dumps(
             {
-                "keep": {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")},
+                "keep": keep_seconds,
                 "grace": settings.bucket_grace_seconds,
                 "dttl": settings.dedupe_ttl_seconds,
                 "ettl": settings.entity_retention_seconds,

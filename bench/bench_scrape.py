@@ -1,7 +1,8 @@
 """Scrape time of ``/metrics`` with 50 reps x 10 sources x 5 segments (DESIGN section 6: < 100 ms).
 
-Fills a namespace of its own with generated events over the last 90 days, dense enough
-that every window (1h ... all) holds every rep, source and segment, then times the whole
+Fills a namespace of its own with generated events over the last two years (every day of
+the last 400, every 7th day before), dense enough that every window (1h ... all, today ...
+ytd_prev) holds every rep, source and segment, then times the whole
 scrape path (one Redis read, the KPI families, the operational registry, the text
 exposition) ``runs`` times. The namespace is deleted afterwards.
 
@@ -31,7 +32,10 @@ from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
 
-REPS, SOURCES, SEGMENTS, DAYS = 50, 10, 5, 90
+REPS, SOURCES, SEGMENTS = 50, 10, 5
+# Every day the day buckets are kept for (400: ytd_prev's partial month a year and a month
+# back), then one day a week back to two years, so ytd_prev's earliest month buckets hold data.
+DAYS = (*range(400), *range(400, 731, 7))
 TARGET_MS = 100.0
 STAGES = ("prospecting", "qualification", "proposal", "negotiation")
 
@@ -60,7 +64,7 @@ def raw_events(now: datetime) -> Iterator[dict[str, Any]]:
     each day holds every value of every dimension; day 0 lies within the last hour, so
     the 1h and 24h windows hold them too.
     """
-    for day in range(DAYS):
+    for day in DAYS:
         for i in range(REPS):
             # Day 0: spread over the last 50 minutes; other days: spread over the day.
             offset = timedelta(minutes=i) if day == 0 else timedelta(days=day, minutes=17 * i)

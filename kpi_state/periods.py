@@ -130,7 +130,8 @@ def calendar_groups(
             "ytd": len(keys),
         }
         cuts = [(w, lengths[w]) for w in to_date]
-        groups.append(CalendarGroup(tuple(keys), tuple(cuts)))
+        # Only the buckets of the longest window asked for (mtd alone reads no month bucket).
+        groups.append(CalendarGroup(tuple(keys[: cuts[-1][1]]), tuple(cuts)))
     for window in ("mtd_prev", "qtd_prev", "ytd_prev"):
         if window in windows:
             plan = bucket_plan(*calendar_range(window, today, fiscal_start_month))

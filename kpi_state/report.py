@@ -21,6 +21,8 @@ from kpi_state.kpis import DIM_CODES, DIM_KEYS, Current, Dim
 from kpi_state.periods import CALENDAR_WINDOWS, calendar_groups
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
+from kpi_state.targets import Target, evaluate, needed_windows
+from kpi_state.targets_store import TargetStore
 from kpi_state.windows import WINDOWS, BucketClock, Window
 
 Counters = dict[str, int]
@@ -51,6 +53,7 @@ class KpiReader:
 
     def __init__(self, store: KpiStore, settings: Settings) -> None:
         self._store = store
+        self.targets = TargetStore(store)
         self._clock = BucketClock(settings.tz)
         self._tz = settings.tz
         self._fiscal_start = settings.fiscal_year_start_month
@@ -127,20 +130,62 @@ class KpiReader:
             }
         return doc
 
+    def evaluate_targets(
+        self,
+        targets: Iterable[Target],
+        as_of: datetime,
+        windows: Mapping[str, Mapping[str, Any]],
+        current_doc: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """DESIGN section 4 figures of the targets whose period contains ``as_of`` (in load
+        order); ``windows``: window documents holding at least their to-date windows."""
+        today = as_of.astimezone(self._tz).date()
+        weighted = current_doc["pipeline"]["weighted_value"]
+        out = []
+        for target in targets:
+            figures = evaluate(target, today, windows, weighted, self._fiscal_start)
+            if figures is not None:
+                out.append(figures)
+        return out
+
+    def evaluate_targets_from_fields(
+        self,
+        targets: Iterable[Target],
+        as_of: datetime,
+        fields: Mapping[str, Mapping[str, int]],
+        current_doc: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """``evaluate_targets`` from summed bucket fields (a scrape's snapshot), building the
+        window documents of the to-date windows only."""
+        current = Current(
+            active_customers=current_doc["active_customers"],
+            open_deals=current_doc["pipeline"]["open_deals"],
+        )
+        docs = {w: self.window_document(fields[w], current) for w in ("mtd", "qtd", "ytd") if w in fields}
+        return self.evaluate_targets(targets, as_of, docs, current_doc)
+
     async def document(
         self, as_of: datetime | None = None, windows: Iterable[str] | None = None
     ) -> dict[str, Any]:
         as_of = as_of or datetime.now(UTC)
-        per_window, cur = await self.window_fields(as_of, windows)
+        targets = await self.targets.load()
+        asked = None if windows is None else list(windows)
+        read = None
+        if asked is not None:
+            today = as_of.astimezone(self._tz).date()
+            read = set(asked) | needed_windows(targets, today, self._fiscal_start)
+        per_window, cur = await self.window_fields(as_of, read)
         current_doc = self.current(cur)
         current = Current(
             active_customers=current_doc["active_customers"],
             open_deals=current_doc["pipeline"]["open_deals"],
         )
+        docs = {name: self.window_document(fields, current) for name, fields in per_window.items()}
         return {
             "as_of": format_instant(as_of),
             "currency": self._currency,
-            "windows": {name: self.window_document(fields, current) for name, fields in per_window.items()},
+            "windows": {name: doc for name, doc in docs.items() if asked is None or name in asked},
+            "targets": self.evaluate_targets(targets, as_of, docs, current_doc),
             "current": current_doc,
         }
 

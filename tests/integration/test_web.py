@@ -595,6 +595,9 @@ def test_api_kpis_calendar_windows(settings: Settings) -> None:
         for name in ("mtd_prev", "qtd_prev", "ytd_prev"):
             assert got["windows"][name]["total"]["leads"] == 0, name
             assert got["windows"][name]["by_rep"] == {}
+        for name in calendar.split(","):  # each alone reads only its own buckets
+            alone = (await client.get("/api/kpis", params={"window": name, "as_of": as_of})).json()
+            assert alone["windows"] == {name: full["windows"][name]}
 
     drive(settings, scenario, clear=True)
 

@@ -91,6 +91,15 @@ def test_to_date_windows_are_one_nested_group() -> None:
     assert [g.cuts for g in groups[1:]] == [(("mtd_prev", 15),), (("qtd_prev", 16),), (("ytd_prev", 25),)]
 
 
+def test_a_window_alone_reads_only_its_buckets() -> None:
+    (mtd,) = calendar_groups({"mtd"}, d("2026-11-15"))
+    assert mtd.cuts == (("mtd", 15),) and mtd.keys == tuple(
+        ("d", date(2026, 11, k)) for k in range(15, 0, -1)
+    )
+    (group,) = calendar_groups({"today", "qtd"}, d("2026-11-15"), 2)  # fiscal Q4 from Nov 1
+    assert group.cuts == (("today", 1), ("qtd", 15)) and len(group.keys) == 15
+
+
 def test_reads_stay_bounded() -> None:
     """ytd reads at most 31 day + 11 month buckets; each _prev at most 42 buckets (ytd_prev on the
     year's last day is 12 whole months)."""

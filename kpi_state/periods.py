@@ -93,10 +93,28 @@ def bucket_plan(start: date, end: date) -> BucketPlan:
 @dataclass(frozen=True)
 class CalendarGroup:
     """Buckets summed in one group, newest first, with the cut (prefix length) of each window:
-    ``keys`` are ("d" | "mo", first day)."""
+    ``keys`` are ("d" | "mo", first day); the last ``minus`` keys are subtracted."""
 
     keys: tuple[tuple[str, date], ...]
     cuts: tuple[tuple[str, int], ...]
+    minus: int = 0
+
+
+def range_keys(start: date, end: date) -> tuple[list[tuple[str, date]], int]:
+    """Keys summing ``[start, end)`` (``start`` a month's first day), and how many of the last
+    are subtracted: a partial month is its days, or the whole month minus the days after
+    ``end`` when those are fewer (Oct 1-30 is October minus Oct 31: 2 keys, not 30)."""
+    plan = bucket_plan(start, end)
+    plus = [("d", d) for d in plan.days] + [("mo", m) for m in plan.months]
+    if not plan.days:
+        return plus, 0
+    month = plan.days[-1].replace(day=1)
+    tail = (add_months(month, 1) - end).days
+    if tail + 1 >= len(plan.days):
+        return plus, 0
+    keys = [("mo", month)] + [("mo", m) for m in plan.months]
+    keys += [("d", end + timedelta(days=k)) for k in range(tail)]
+    return keys, tail
 
 
 def calendar_groups(
@@ -107,7 +125,7 @@ def calendar_groups(
     today, mtd, qtd and ytd are nested prefixes of one list (T's month day by day, newest
     first, then the earlier months of the fiscal year), so they are one group: at most 31 day
     and 11 month buckets. Each ``_prev`` window is a group of its own (its days of a partial
-    month, then its whole months).
+    month, or that month minus its days after the window's end, then its whole months).
     """
     groups: list[CalendarGroup] = []
     to_date = [w for w in ("today", "mtd", "qtd", "ytd") if w in windows]
@@ -134,7 +152,6 @@ def calendar_groups(
         groups.append(CalendarGroup(tuple(keys[: cuts[-1][1]]), tuple(cuts)))
     for window in ("mtd_prev", "qtd_prev", "ytd_prev"):
         if window in windows:
-            plan = bucket_plan(*calendar_range(window, today, fiscal_start_month))
-            keys = [("d", d) for d in plan.days] + [("mo", m) for m in plan.months]
-            groups.append(CalendarGroup(tuple(keys), ((window, len(keys)),)))
+            keys, minus = range_keys(*calendar_range(window, today, fiscal_start_month))
+            groups.append(CalendarGroup(tuple(keys), ((window, len(keys)),), minus))
     return groups

@@ -77,23 +77,23 @@ class KpiReader:
         for window in WINDOWS:
             if wanted is None or window.name in wanted:
                 by_granularity.setdefault(window.granularity or "all", []).append(window)
-        groups: list[tuple[list[str], list[int]]] = []
+        groups: list[tuple[list[str], list[int], int]] = []
         order: list[str] = []
         for gran, nested in by_granularity.items():
             if gran == "all":
-                groups.append((["all"], [1]))
+                groups.append((["all"], [1], 0))
             else:
                 longest = max(nested, key=lambda w: w.buckets)
                 starts = self._clock.window_buckets(longest, as_of)
-                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested]))
+                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested], 0))
             order.extend(w.name for w in nested)
         calendar = set(CALENDAR_WINDOWS) if wanted is None else wanted & set(CALENDAR_WINDOWS)
         today = as_of.astimezone(self._tz).date()
         for group in calendar_groups(calendar, today, self._fiscal_start):
             names = [f"{kind}:{self._clock.local_midnight(day)}" for kind, day in group.keys]
-            groups.append((names, [cut for _, cut in group.cuts]))
+            groups.append((names, [cut for _, cut in group.cuts], group.minus))
             order.extend(name for name, _ in group.cuts)
-        groups.append((["cur"], [1]))
+        groups.append((["cur"], [1], 0))
         sums = await self._store.sum_windows(groups)
         return dict(zip(order, sums[:-1], strict=True)), sums[-1]
 

@@ -416,23 +416,29 @@ class KpiStore:
         return result
 
     async def sum_windows(
-        self, groups: Sequence[tuple[Sequence[str], Sequence[int]]]
+        self, groups: Sequence[tuple[Sequence[str], Sequence[int]] | tuple[Sequence[str], Sequence[int], int]]
     ) -> list[dict[str, int]]:
         """Summed bucket hashes, in one read-only script call (lua/sum_windows.lua).
 
-        Each group is (key names without the prefix, newest first; increasing cuts): the
-        result holds, per cut and in order, the field-wise sum of the group's first
-        ``cut`` hashes. Summing in Redis returns a few thousand fields instead of the
-        tens of thousands a scrape covers.
+        Each group is (key names without the prefix, newest first; increasing cuts[; minus]):
+        the result holds, per cut and in order, the field-wise sum of the group's first
+        ``cut`` hashes, where the group's last ``minus`` hashes (only in its last cut) are
+        subtracted, and fields that cancel out are left out. Summing in Redis returns a few
+        thousand fields instead of the tens of thousands a scrape covers.
         """
         keys: list[str] = []
         args: list[int] = [len(groups)]
-        for names, cuts in groups:
-            if list(cuts) != sorted(cuts) or (cuts and cuts[-1] != len(names)):
+        for group in groups:
+            names, cuts = group[0], group[1]
+            minus = group[2] if len(group) == 3 else 0
+            if list(cuts) != sorted(cuts) or not cuts or cuts[-1] != len(names):
                 raise ValueError(f"cuts {list(cuts)} must increase up to the group size {len(names)}")
+            if minus < 0 or any(cut > len(names) - minus for cut in cuts[:-1]) or minus > len(names):
+                raise ValueError(f"the last {minus} keys of a group subtract only in its last cut")
             keys.extend(self.prefix + name for name in names)
             args.append(len(cuts))
             args.extend(cuts)
+            args.append(minus)
         replies = await self._sum_script(keys=keys, args=args)
         return [{_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in replies]
 

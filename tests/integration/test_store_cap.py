@@ -181,7 +181,7 @@ def test_a_document_reads_only_the_windows_asked_for(
         keys: list[str]
 
         async def sum_windows(self, groups: Any) -> list[dict[str, int]]:
-            self.keys = [name for names, _ in groups for name in names]
+            self.keys = [name for group in groups for name in group[0]]
             return await super().sum_windows(groups)
 
     async def scenario() -> None:
@@ -191,9 +191,10 @@ def test_a_document_reads_only_the_windows_asked_for(
             reader = KpiReader(store, settings)
             full = await reader.document(AS_OF)
             # Calendar windows at 2026-03-31: today..ytd are March's 31 days + Jan and Feb;
-            # mtd_prev is February whole (1 month); qtd_prev the 90 days Oct 1 - Dec 29 (2 months + 29 days);
-            # ytd_prev Jan 1 - Mar 31 2025 (3 months).
-            calendar = (31 + 2) + 1 + (2 + 29) + 3
+            # mtd_prev is February whole (1 month); qtd_prev the 90 days Oct 1 - Dec 29, read as
+            # Oct, Nov, Dec minus Dec 30 and 31 (5 keys, not 2 months + 29 days); ytd_prev
+            # Jan 1 - Mar 31 2025 (3 months).
+            calendar = (31 + 2) + 1 + (3 + 2) + 3
             assert len(store.keys) == 60 + 24 + 90 + 2 + calendar
             ytd = await reader.document(AS_OF, ["ytd"])
             assert ytd["windows"] == {"ytd": full["windows"]["ytd"]}

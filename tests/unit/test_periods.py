@@ -13,6 +13,7 @@ from kpi_state.periods import (
     calendar_range,
     period_elapsed,
     period_start,
+    range_keys,
 )
 
 
@@ -91,6 +92,28 @@ def test_to_date_windows_are_one_nested_group() -> None:
     assert [g.cuts for g in groups[1:]] == [(("mtd_prev", 15),), (("qtd_prev", 16),), (("ytd_prev", 25),)]
 
 
+def test_a_partial_month_is_read_the_shorter_way() -> None:
+    # Oct 1-30: October minus Oct 31.
+    assert range_keys(d("2026-10-01"), d("2026-10-31")) == (
+        [("mo", d("2026-10-01")), ("d", d("2026-10-31"))],
+        1,
+    )
+    # Jul 1 - Aug 20: July, August minus Aug 21-31 (11 days subtracted rather than 20 added).
+    keys, minus = range_keys(d("2026-07-01"), d("2026-08-21"))
+    assert keys[:2] == [("mo", d("2026-08-01")), ("mo", d("2026-07-01"))] and minus == 11
+    assert keys[2:] == [("d", date(2026, 8, k)) for k in range(21, 32)]
+    # Oct 1-15: its 15 days (October minus 16 days would be 17 keys).
+    assert range_keys(d("2026-10-01"), d("2026-10-16")) == (
+        [("d", date(2026, 10, k)) for k in range(15, 0, -1)],
+        0,
+    )
+    # Whole months only: nothing subtracted.
+    assert range_keys(d("2026-01-01"), d("2026-03-01")) == (
+        [("mo", d("2026-02-01")), ("mo", d("2026-01-01"))],
+        0,
+    )
+
+
 def test_a_window_alone_reads_only_its_buckets() -> None:
     (mtd,) = calendar_groups({"mtd"}, d("2026-11-15"))
     assert mtd.cuts == (("mtd", 15),) and mtd.keys == tuple(
@@ -101,16 +124,17 @@ def test_a_window_alone_reads_only_its_buckets() -> None:
 
 
 def test_reads_stay_bounded() -> None:
-    """ytd reads at most 31 day + 11 month buckets; each _prev at most 42 buckets (ytd_prev on the
-    year's last day is 12 whole months)."""
+    """ytd reads at most 31 day + 11 month buckets; each _prev at most 11 whole months and its
+    partial month as at most 16 days, or that month and at most 15 days subtracted."""
     worst = 0
     for fiscal in range(1, 13):
         day = d("2024-01-01")
         while day < d("2026-01-01"):
             to_date, *prev = calendar_groups(set(CALENDAR_WINDOWS), day, fiscal)
             assert sum(1 for kind, _ in to_date.keys if kind == "mo") <= 11
-            for group in (to_date, *prev):
+            assert sum(1 for kind, _ in to_date.keys if kind == "d") <= 31
+            for group in prev:
                 worst = max(worst, len(group.keys))
-                assert sum(1 for kind, _ in group.keys if kind == "d") <= 31
+                assert sum(1 for kind, _ in group.keys if kind == "d") <= 16
             day = day.fromordinal(day.toordinal() + 1)
-    assert worst <= 42
+    assert worst <= 28

@@ -20,6 +20,8 @@ TARGET_FAMILIES = (
     ("sales_target_attainment_ratio", "Period-to-date actual / target", "attainment", False),
     ("sales_target_pace_ratio", "Attainment / fraction of the period elapsed (>= 1: on pace)", "pace", False),
     ("sales_target_projected", "Period-to-date actual / fraction of the period elapsed", "projected", True),
+    # Beside DESIGN's four: the alert on pace waits for a third of the period (prometheus/rules).
+    ("sales_target_elapsed_ratio", "Fraction of the period's days elapsed, counting today", "elapsed", False),
 )
 
 

@@ -133,9 +133,11 @@ def test_target_metrics(make_settings: SettingsFactory, tmp_path: Path) -> None:
     assert samples[("sales_target_attainment_ratio", nov[1:])] == 0.3
     assert samples[("sales_target_pace_ratio", nov[1:])] == 0.6
     assert samples[("sales_target_pace_ratio", alice)] == 1.6
+    assert samples[("sales_target_elapsed_ratio", alice)] == 0.5
     # Three targets contain Nov 15 (October's does not): one series each per family.
     assert sorted({name for name, _ in samples}) == [
-        "sales_target", "sales_target_attainment_ratio", "sales_target_pace_ratio", "sales_target_projected",
+        "sales_target", "sales_target_attainment_ratio", "sales_target_elapsed_ratio",
+        "sales_target_pace_ratio", "sales_target_projected",
     ]  # fmt: skip
     assert all(sum(1 for name, _ in samples if name == family) == 3 for family in {n for n, _ in samples})
 

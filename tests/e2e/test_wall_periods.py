@@ -75,7 +75,9 @@ def test_wall_calendar_periods_and_quota_row(chromium: str, server: ServerThread
             await page.goto(server.url + "/#window=mtd")
             doc = kpis(window="mtd,mtd_prev", by="rep")
             want = expected_view(doc, "mtd")
-            state = await wait_for(page, lambda s: s["window"] == "mtd" and shown(s) == want, "the MTD render")
+            state = await wait_for(
+                page, lambda s: s["window"] == "mtd" and shown(s) == want, "the MTD render"
+            )
             assert state["prev"] == {k: doc["windows"]["mtd_prev"]["total"][k] for k in TILES}
             assert not state["overflowing"], state["overflowing"]
             assert not state["scrolls"]
@@ -84,11 +86,18 @@ def test_wall_calendar_periods_and_quota_row(chromium: str, server: ServerThread
             team = [[k, t["attainment"], t["elapsed"], t["status"] or "none", "quota-team"]
                     for k, t in evaluated.items() if t["scope"] == "total"]  # fmt: skip
             reps_shown = sorted(
-                (t for t in evaluated.values() if t["scope"].startswith("rep:")), key=lambda t: -t["attainment"]
+                (t for t in evaluated.values() if t["scope"].startswith("rep:")),
+                key=lambda t: -t["attainment"],
             )[:8]
             assert quota["hidden"] is False
             assert quota["targets"] == team + [
-                [f"{t['kpi']}|{t['period']}|{t['scope']}", t["attainment"], t["elapsed"], t["status"], "quota-reps"]
+                [
+                    f"{t['kpi']}|{t['period']}|{t['scope']}",
+                    t["attainment"],
+                    t["elapsed"],
+                    t["status"],
+                    "quota-reps",
+                ]
                 for t in reps_shown
             ]
             await page.screenshot(ARTIFACTS / "wall-mtd-quota.png")
@@ -97,7 +106,9 @@ def test_wall_calendar_periods_and_quota_row(chromium: str, server: ServerThread
             # Today: compared with the same window one day earlier.
             await page.evaluate("location.hash = '#window=today'")
             today = expected_view(kpis(window="today", by="rep"), "today")
-            state = await wait_for(page, lambda s: s["window"] == "today" and shown(s) == today, "the Today render")
+            state = await wait_for(
+                page, lambda s: s["window"] == "today" and shown(s) == today, "the Today render"
+            )
             yesterday = datetime.fromisoformat(state["asOf"]) - DAY
             prev = kpis(window="today", as_of=yesterday.isoformat())["windows"]["today"]["total"]
             assert state["prev"] == {k: prev[k] for k in TILES}

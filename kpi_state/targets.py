@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from kpi_state.periods import PeriodKind, add_months, period_elapsed, period_end
+from kpi_state.periods import PeriodKind, add_months, period_elapsed, period_end, period_start
 
 TargetKpi = Literal["revenue_won", "deals_won", "new_customers", "leads", "qualified_leads"]
 MONEY_TARGETS = frozenset({"revenue_won"})
@@ -150,6 +150,17 @@ def parse_period(name: str, fiscal_start_month: int = 1) -> Period:
     if match["quarter"]:
         return Period("quarter", add_months(fiscal_year, 3 * (int(match["quarter"]) - 1)))
     return Period("year", fiscal_year)
+
+
+def period_name(day: date, kind: PeriodKind, fiscal_start_month: int = 1) -> str:
+    """The name of the fiscal month / quarter / year that contains ``day`` (parse_period's inverse)."""
+    start = period_start(day, kind, fiscal_start_month)
+    if kind == "month":
+        return f"{start:%Y-%m}"
+    year = period_start(day, "year", fiscal_start_month)
+    if kind == "year":
+        return f"{year.year}"
+    return f"{year.year}-Q{((start.month - fiscal_start_month) % 12) // 3 + 1}"
 
 
 def _div(num: float | None, den: float | None) -> float | None:

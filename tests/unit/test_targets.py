@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from kpi_state.targets import Target, TargetsRefused, evaluate, parse_period, parse_targets_text, status_of
+from kpi_state.targets import (
+    Target,
+    TargetsRefused,
+    evaluate,
+    parse_period,
+    parse_targets_text,
+    period_name,
+    status_of,
+)
 
 GOOD_YAML = """\
 # quotas for November
@@ -96,6 +104,18 @@ def test_periods_are_named_by_their_start() -> None:
         date(2026, 11, 1),
         date(2027, 2, 1),
     )
+
+
+@pytest.mark.parametrize("fiscal", range(1, 13))
+def test_period_names_round_trip(fiscal: int) -> None:
+    day = date(2026, 1, 1)
+    while day < date(2028, 1, 1):
+        for kind in ("month", "quarter", "year"):
+            period = parse_period(period_name(day, kind, fiscal), fiscal)  # type: ignore[arg-type]
+            assert period.kind == kind and period.start <= day < period.end
+        day = date.fromordinal(day.toordinal() + 1)
+    assert period_name(date(2026, 1, 20), "quarter", 2) == "2025-Q4"
+    assert period_name(date(2026, 1, 20), "year", 2) == "2025"
 
 
 def window(total: dict[str, Any], by_rep: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

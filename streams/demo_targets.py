@@ -20,15 +20,21 @@ def sample_targets(events: Iterable[Mapping[str, object]], now: datetime, settin
     top reps: each the history's last-30-day pace scaled to the period, times a stretch."""
     since = now - timedelta(days=30)
     revenue: dict[str, float] = defaultdict(float)
+    created: dict[str, float] = defaultdict(float)  # open value per rep: a fallback early on
     deals = leads = 0
     for e in events:
         if datetime.fromisoformat(str(e["occurred_at"])) < since:
             continue
-        if e.get("type") == "deal.won":
+        kind, rep = e.get("type"), str(e.get("rep_id") or "unassigned")
+        if kind == "deal.won":
             deals += 1
-            revenue[str(e.get("rep_id") or "unassigned")] += float(e.get("amount") or 0)  # type: ignore[arg-type]
-        elif e.get("type") == "lead.created":
+            revenue[rep] += float(e.get("amount") or 0)  # type: ignore[arg-type]
+        elif kind == "deal.created":
+            created[rep] += float(e.get("amount") or 0)  # type: ignore[arg-type]
+        elif kind == "lead.created":
             leads += 1
+    if not revenue:  # a history too short for any win yet: a third of the value created
+        revenue = defaultdict(float, {rep: value / 3 for rep, value in created.items()})
     today = now.astimezone(settings.tz).date()
     fiscal = settings.fiscal_year_start_month
     month, quarter = period_name(today, "month", fiscal), period_name(today, "quarter", fiscal)

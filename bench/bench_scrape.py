@@ -1,7 +1,8 @@
 """Scrape time of ``/metrics`` with 50 reps x 10 sources x 5 segments (DESIGN section 6: < 100 ms).
 
-Fills a namespace of its own with generated events over the last 90 days, dense enough
-that every window (1h ... all) holds every rep, source and segment, then times the whole
+Fills a namespace of its own with generated events over the last two years (every day of
+the last 400, every 7th day before), dense enough that every window (1h ... all, today ...
+ytd_prev) holds every rep, source and segment, loads 200 targets, then times the whole
 scrape path (one Redis read, the KPI families, the operational registry, the text
 exposition) ``runs`` times. The namespace is deleted afterwards.
 
@@ -27,11 +28,16 @@ from prometheus_client import CollectorRegistry
 from kpi_state.collector import kpi_families, read_snapshot, render_metrics, render_text
 from kpi_state.events import Event, EventParser, Rejection
 from kpi_state.opmetrics import OpMetrics
+from kpi_state.periods import period_start
 from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
+from kpi_state.targets import Target
 
-REPS, SOURCES, SEGMENTS, DAYS = 50, 10, 5, 90
+REPS, SOURCES, SEGMENTS = 50, 10, 5
+# Every day the day buckets are kept for (400: ytd_prev's partial month a year and a month
+# back), then one day a week back to two years, so ytd_prev's earliest month buckets hold data.
+DAYS = (*range(400), *range(400, 731, 7))
 TARGET_MS = 100.0
 STAGES = ("prospecting", "qualification", "proposal", "negotiation")
 
@@ -60,7 +66,7 @@ def raw_events(now: datetime) -> Iterator[dict[str, Any]]:
     each day holds every value of every dimension; day 0 lies within the last hour, so
     the 1h and 24h windows hold them too.
     """
-    for day in range(DAYS):
+    for day in DAYS:
         for i in range(REPS):
             # Day 0: spread over the last 50 minutes; other days: spread over the day.
             offset = timedelta(minutes=i) if day == 0 else timedelta(days=day, minutes=17 * i)
@@ -117,6 +123,24 @@ async def fill(
     return len(events)
 
 
+def bench_targets(now: datetime) -> list[Target]:
+    """200 targets whose period contains ``now`` (DESIGN section 6): per rep a revenue and a
+    deals target for the month and the quarter (50 x 4 = 200)."""
+    month = period_start(now.date(), "month")
+    quarter = period_start(now.date(), "quarter")
+    q = (quarter.month - 1) // 3 + 1
+    out: list[Target] = []
+    for i in range(REPS):
+        for kpi, period, value in (
+            ("revenue_won", f"{month:%Y-%m}", 5000.0 + i),
+            ("deals_won", f"{month:%Y-%m}", 3.0),
+            ("revenue_won", f"{quarter.year}-Q{q}", 15000.0 + i),
+            ("deals_won", f"{quarter.year}-Q{q}", 9.0),
+        ):
+            out.append(Target(kpi=kpi, period=period, scope=f"rep:rep-{i:02d}", value=value))  # type: ignore[arg-type]
+    return out
+
+
 def _quantile(values: list[float], q: float) -> float:
     """Nearest-rank quantile (with 20 runs, p99 is the slowest run)."""
     ordered = sorted(values)
@@ -134,6 +158,7 @@ async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
         now = datetime.now(UTC)
         t0 = time.perf_counter()
         events = await fill(store, settings, now, dense)
+        await reader.targets.replace(bench_targets(now))
         fill_s = time.perf_counter() - t0
         as_of = datetime.now(UTC)
         body, _ = await render_metrics(reader, settings, include=[ops_registry], as_of=as_of)  # warm-up
@@ -159,6 +184,9 @@ async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
             builds.append(t2 - t1)
             encodes.append(t3 - t2)
         text = body.decode()
+        target_series = sum(1 for line in text.splitlines() if line.startswith("sales_target_pace_ratio{"))
+        if target_series != 200:
+            raise ValueError(f"the scrape exports {target_series} targets, not 200")
         series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
         by_dim = {
             dim: len({lb for w, lb in _labels(text, f"sales_leads_by_{dim}", dim) if w == "1h"})
@@ -177,6 +205,7 @@ async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
             "build_p50_ms": round(_quantile(builds, 0.5) * 1000, 1),
             "encode_p50_ms": round(_quantile(encodes, 0.5) * 1000, 1),
             "series": series,
+            "targets": target_series,
             "bytes": len(body),
             "label_values_1h": by_dim,
             "dense": dense,

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime, build_runtime
+from kpi_app.targets_cli import targets_app
 from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.settings import Settings
 from kpi_state.windows import WINDOW_NAMES
@@ -28,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Real-time sales KPIs from CRM events (see docs and DESIGN).",
 )
+app.add_typer(targets_app, name="targets")
 console = Console(stderr=True)
 
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="Redis URL [env KPI_REDIS_URL]")]

@@ -89,7 +89,34 @@ def current_table(doc: Mapping[str, Any]) -> Table:
     return table
 
 
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def targets_table(doc: Mapping[str, Any]) -> Table:
+    """The document's ``targets`` (the ones whose period contains T)."""
+    currency = doc["currency"]
+    table = Table(title=f"Targets, as of {doc['as_of']}")
+    for col in ("kpi", "period", "scope"):
+        table.add_column(col)
+    for col in ("target", "actual", "attainment", "elapsed", "pace", "projected", "status", "coverage"):
+        table.add_column(col, justify="right")
+    for t in doc.get("targets", []):
+        kpi = t["kpi"]
+        coverage = "—" if t["coverage"] is None else f"{t['coverage']:.2f}x"
+        projected = "—" if t["projected"] is None else fmt(kpi, t["projected"], currency)
+        table.add_row(
+            kpi, t["period"], t["scope"], fmt(kpi, t["target"], currency), fmt(kpi, t["actual"], currency),
+            _ratio(t["attainment"]), _ratio(t["elapsed"]), "—" if t["pace"] is None else f"{t['pace']:.2f}",
+            projected, t["status"] or "—", coverage,
+        )  # fmt: skip
+    return table
+
+
 def render(doc: Mapping[str, Any], window: str, by: str | None) -> Group:
     if by is not None:
         return Group(dimension_table(doc, window, by))
-    return Group(window_table(doc, window), current_table(doc))
+    parts: list[Table] = [window_table(doc, window), current_table(doc)]
+    if doc.get("targets"):
+        parts.append(targets_table(doc))
+    return Group(*parts)

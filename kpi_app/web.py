@@ -9,6 +9,8 @@ Routes (every error body is JSON ``{"error": <code>, "message": ..., ...}``):
   window names; ``by``: comma-separated ``rep``/``source``/``segment`` (or ``total``
   for none) keeps only those dimension maps; ``as_of``: RFC 3339 with an offset, from
   1970-01-01 up to (not including) 2200-01-01 UTC (default: now). A bad parameter is 400.
+- ``PUT /api/targets``: replace every target, see ``kpi_app.targets_api`` (200/401/413/422);
+  the evaluated targets are the document's ``targets`` in ``GET /api/kpis``.
 - ``GET /api/health`` (alias ``/healthz``, never behind a token): 200 ``{"status": "ok",
   "redis": true}`` when Redis answers, else 503. With ingest on a broker the body also
   carries ``"broker": true|false``; a broker that does not answer makes the status
@@ -51,6 +53,7 @@ from kpi_app.guards import ReadGuard
 from kpi_app.hooks_web import RawPublisher, hook_routes
 from kpi_app.ingest import Ingest, error, json_response
 from kpi_app.publishing import BrokerProbe, ProducerPublisher, Publisher
+from kpi_app.targets_api import targets_handler
 from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.windows import WINDOW_NAMES
@@ -223,6 +226,7 @@ def create_app(
         Route("/events", ingest.handle, methods=["POST"]),
         *hook_routes(settings, hooks_publish),
         Route("/api/kpis", kpis, methods=["GET"]),
+        Route("/api/targets", targets_handler(runtime), methods=["PUT"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

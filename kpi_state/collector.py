@@ -30,7 +30,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -45,6 +45,7 @@ from kpi_state import kpis
 from kpi_state.kpis import Current, Dim
 from kpi_state.report import Counters, KpiReader, split_counters
 from kpi_state.settings import Settings
+from kpi_state.target_metrics import add_target_rows
 
 DIMS: tuple[Dim, ...] = ("rep", "source", "segment")
 OTHER = "other"
@@ -125,13 +126,17 @@ class KpiSnapshot:
     as_of: datetime
     windows: Mapping[str, Mapping[str, int]]
     current: Mapping[str, Any]
+    targets: Sequence[Mapping[str, Any]] = ()  # KpiReader.evaluate_targets
 
 
 async def read_snapshot(reader: KpiReader, as_of: datetime | None = None) -> KpiSnapshot:
     """One pipelined read of every window and the current state."""
     when = as_of or datetime.now(UTC)
+    targets = await reader.targets.load()
     windows, cur = await reader.window_fields(when)
-    return KpiSnapshot(as_of=when, windows=windows, current=reader.current(cur))
+    current = reader.current(cur)
+    evaluated = reader.evaluate_targets_from_fields(targets, when, windows, current) if targets else []
+    return KpiSnapshot(as_of=when, windows=windows, current=current, targets=evaluated)
 
 
 def importance(counters: Mapping[str, int]) -> tuple[int, int]:
@@ -300,6 +305,7 @@ def kpi_families(snapshot: KpiSnapshot, settings: Settings) -> list[KpiFamily]:
             for value, counters in fold(dims[dim], dim, kept[dim]):
                 builder.kpi_values(window, dim, value, kpis.dimension_kpis(counters, dim, stages))
     builder.current(snapshot.current)
+    add_target_rows(builder.family, snapshot.targets, settings.currency)
     return builder.families()
 
 

@@ -1,10 +1,12 @@
 """The section-5 document: every window, every dimension and ``current``, read from buckets.
 
 One read is one read-only script call that sums the buckets inside Redis (60 minute +
-24 hour + 90 day buckets, the lifetime totals and the current state, or only those of the
-windows asked for); windows sharing a granularity are summed incrementally (7d, then 30d,
-then 90d over the same day buckets). The write-time dimension cap bounds the fields of every
-bucket, so a read's Redis time is bounded whatever the input.
+24 hour + 90 day buckets, the lifetime totals and the current state, the calendar windows'
+day and month buckets, or only those of the windows asked for); windows sharing a
+granularity are summed incrementally (7d, then 30d, then 90d over the same day buckets;
+today, mtd, qtd, ytd over T's month's days then the fiscal year's earlier months). The
+write-time dimension cap bounds the fields of every bucket, so a read's Redis time is bounded
+whatever the input.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any
 
 from kpi_state import kpis
 from kpi_state.kpis import DIM_CODES, DIM_KEYS, Current, Dim
+from kpi_state.periods import CALENDAR_WINDOWS, calendar_groups
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
+from kpi_state.targets import Target, evaluate, needed_windows
+from kpi_state.targets_store import TargetStore
 from kpi_state.windows import WINDOWS, BucketClock, Window
 
 Counters = dict[str, int]
@@ -48,7 +53,10 @@ class KpiReader:
 
     def __init__(self, store: KpiStore, settings: Settings) -> None:
         self._store = store
+        self.targets = TargetStore(store)
         self._clock = BucketClock(settings.tz)
+        self._tz = settings.tz
+        self._fiscal_start = settings.fiscal_year_start_month
         self._stages = settings.stage_names
         self._probabilities = {s.name: s.probability for s in settings.stage_list}
         self._currency = settings.currency
@@ -69,17 +77,23 @@ class KpiReader:
         for window in WINDOWS:
             if wanted is None or window.name in wanted:
                 by_granularity.setdefault(window.granularity or "all", []).append(window)
-        groups: list[tuple[list[str], list[int]]] = []
+        groups: list[tuple[list[str], list[int], int]] = []
         order: list[str] = []
         for gran, nested in by_granularity.items():
             if gran == "all":
-                groups.append((["all"], [1]))
+                groups.append((["all"], [1], 0))
             else:
                 longest = max(nested, key=lambda w: w.buckets)
                 starts = self._clock.window_buckets(longest, as_of)
-                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested]))
+                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested], 0))
             order.extend(w.name for w in nested)
-        groups.append((["cur"], [1]))
+        calendar = set(CALENDAR_WINDOWS) if wanted is None else wanted & set(CALENDAR_WINDOWS)
+        today = as_of.astimezone(self._tz).date()
+        for group in calendar_groups(calendar, today, self._fiscal_start):
+            names = [f"{kind}:{self._clock.local_midnight(day)}" for kind, day in group.keys]
+            groups.append((names, [cut for _, cut in group.cuts], group.minus))
+            order.extend(name for name, _ in group.cuts)
+        groups.append((["cur"], [1], 0))
         sums = await self._store.sum_windows(groups)
         return dict(zip(order, sums[:-1], strict=True)), sums[-1]
 
@@ -116,20 +130,62 @@ class KpiReader:
             }
         return doc
 
+    def evaluate_targets(
+        self,
+        targets: Iterable[Target],
+        as_of: datetime,
+        windows: Mapping[str, Mapping[str, Any]],
+        current_doc: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """DESIGN section 4 figures of the targets whose period contains ``as_of`` (in load
+        order); ``windows``: window documents holding at least their to-date windows."""
+        today = as_of.astimezone(self._tz).date()
+        weighted = current_doc["pipeline"]["weighted_value"]
+        out = []
+        for target in targets:
+            figures = evaluate(target, today, windows, weighted, self._fiscal_start)
+            if figures is not None:
+                out.append(figures)
+        return out
+
+    def evaluate_targets_from_fields(
+        self,
+        targets: Iterable[Target],
+        as_of: datetime,
+        fields: Mapping[str, Mapping[str, int]],
+        current_doc: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """``evaluate_targets`` from summed bucket fields (a scrape's snapshot), building the
+        window documents of the to-date windows only."""
+        current = Current(
+            active_customers=current_doc["active_customers"],
+            open_deals=current_doc["pipeline"]["open_deals"],
+        )
+        docs = {w: self.window_document(fields[w], current) for w in ("mtd", "qtd", "ytd") if w in fields}
+        return self.evaluate_targets(targets, as_of, docs, current_doc)
+
     async def document(
         self, as_of: datetime | None = None, windows: Iterable[str] | None = None
     ) -> dict[str, Any]:
         as_of = as_of or datetime.now(UTC)
-        per_window, cur = await self.window_fields(as_of, windows)
+        targets = await self.targets.load()
+        asked = None if windows is None else list(windows)
+        read = None
+        if asked is not None:
+            today = as_of.astimezone(self._tz).date()
+            read = set(asked) | needed_windows(targets, today, self._fiscal_start)
+        per_window, cur = await self.window_fields(as_of, read)
         current_doc = self.current(cur)
         current = Current(
             active_customers=current_doc["active_customers"],
             open_deals=current_doc["pipeline"]["open_deals"],
         )
+        docs = {name: self.window_document(fields, current) for name, fields in per_window.items()}
         return {
             "as_of": format_instant(as_of),
             "currency": self._currency,
-            "windows": {name: self.window_document(fields, current) for name, fields in per_window.items()},
+            "windows": {name: doc for name, doc in docs.items() if asked is None or name in asked},
+            "targets": self.evaluate_targets(targets, as_of, docs, current_doc),
             "current": current_doc,
         }
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     consumer_group: str = "kpi-workers"
 
     timezone: str = "UTC"
+    # First month of the fiscal year (fiscal quarters are its three-month blocks); applied
+    # when windows are read, so changing it needs no replay.
+    fiscal_year_start_month: int = Field(default=1, ge=1, le=12)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     currency_rates: Annotated[str, NoDecode] = ""
     stages: Annotated[str, NoDecode] = DEFAULT_STAGES
@@ -89,7 +92,7 @@ class Settings(BaseSettings):
     # (measured against the newest event seen), before they stop receiving writes and expire.
     minute_bucket_margin_seconds: int = Field(default=3600, ge=0)
     hour_bucket_margin_seconds: int = Field(default=86400, ge=0)
-    day_bucket_margin_seconds: int = Field(default=10 * 86400, ge=0)
+    day_bucket_margin_seconds: int = Field(default=10 * 86400, ge=0)  # also for month buckets
     # Processing time a bucket outlives its event-time retention, so a historical or
     # shuffled replay can be read at any --as-of for that long.
     bucket_grace_seconds: int = Field(default=6 * 3600, ge=60)
@@ -97,7 +100,7 @@ class Settings(BaseSettings):
     label_cap: int = Field(default=100, ge=1)
     # Distinct values per dimension (rep, source, segment) the store admits, at write time;
     # later values count as "other". Bounds state size and read time whatever the input.
-    dimension_cap: int = Field(default=500, ge=1, le=100_000)
+    dimension_cap: int = Field(default=300, ge=1, le=100_000)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     message_batch: int = Field(default=100, ge=1, le=10_000)
 

@@ -5,6 +5,8 @@ Key layout under the namespace prefix ``<ns>:`` (see lua/apply.lua for writes):
 - ``m:<start>``, ``h:<start>``, ``d:<start>``: hash per minute/hour/day bucket, fields
   ``<counter>`` (total) and ``<counter>|<r|s|g>|<value>`` (by rep/source/segment), values
   exact decimal integers of any size; expire after their window plus a margin.
+- ``mo:<start>``: the same per calendar month (``start``: local midnight of its 1st), for the
+  calendar windows (kpi_state/periods.py); kept for two fiscal years.
 - ``all``: the same fields for lifetime totals, never expires.
 - ``cur``: not-windowed state: ``ac`` active customers, ``po|<stage>`` open deals,
   ``pv|<stage>`` open pipeline value (micro-units).
@@ -34,7 +36,14 @@ from kpi_state import events as ev
 from kpi_state.events import Rejection
 from kpi_state.kpis import MICROS
 from kpi_state.settings import Settings
-from kpi_state.windows import LONGEST_BUCKETS, NOMINAL_SECONDS, BucketClock, epoch_micros
+from kpi_state.windows import (
+    LONGEST_BUCKETS,
+    MONTH_BUCKETS_KEPT,
+    MONTH_NOMINAL_SECONDS,
+    NOMINAL_SECONDS,
+    BucketClock,
+    epoch_micros,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -176,6 +185,7 @@ class FactBuilder:
             "m": str(b.minute),
             "h": str(b.hour),
             "d": str(b.day),
+            "mo": str(b.month),
         }
         self._fields[type(event)](self, event, f)
         return f
@@ -316,9 +326,11 @@ class KpiStore:
             "h": settings.hour_bucket_margin_seconds,
             "d": settings.day_bucket_margin_seconds,
         }
+        keep_seconds = {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")}
+        keep_seconds["mo"] = MONTH_BUCKETS_KEPT * MONTH_NOMINAL_SECONDS + keep["d"]
         self._config = orjson.dumps(
             {
-                "keep": {g: LONGEST_BUCKETS[g] * NOMINAL_SECONDS[g] + keep[g] for g in ("m", "h", "d")},
+                "keep": keep_seconds,
                 "grace": settings.bucket_grace_seconds,
                 "dttl": settings.dedupe_ttl_seconds,
                 "ettl": settings.entity_retention_seconds,
@@ -404,23 +416,29 @@ class KpiStore:
         return result
 
     async def sum_windows(
-        self, groups: Sequence[tuple[Sequence[str], Sequence[int]]]
+        self, groups: Sequence[tuple[Sequence[str], Sequence[int]] | tuple[Sequence[str], Sequence[int], int]]
     ) -> list[dict[str, int]]:
         """Summed bucket hashes, in one read-only script call (lua/sum_windows.lua).
 
-        Each group is (key names without the prefix, newest first; increasing cuts): the
-        result holds, per cut and in order, the field-wise sum of the group's first
-        ``cut`` hashes. Summing in Redis returns a few thousand fields instead of the
-        tens of thousands a scrape covers.
+        Each group is (key names without the prefix, newest first; increasing cuts[; minus]):
+        the result holds, per cut and in order, the field-wise sum of the group's first
+        ``cut`` hashes, where the group's last ``minus`` hashes (only in its last cut) are
+        subtracted, and fields that cancel out are left out. Summing in Redis returns a few
+        thousand fields instead of the tens of thousands a scrape covers.
         """
         keys: list[str] = []
         args: list[int] = [len(groups)]
-        for names, cuts in groups:
-            if list(cuts) != sorted(cuts) or (cuts and cuts[-1] != len(names)):
+        for group in groups:
+            names, cuts = group[0], group[1]
+            minus = group[2] if len(group) == 3 else 0
+            if list(cuts) != sorted(cuts) or not cuts or cuts[-1] != len(names):
                 raise ValueError(f"cuts {list(cuts)} must increase up to the group size {len(names)}")
+            if minus < 0 or any(cut > len(names) - minus for cut in cuts[:-1]) or minus > len(names):
+                raise ValueError(f"the last {minus} keys of a group subtract only in its last cut")
             keys.extend(self.prefix + name for name in names)
             args.append(len(cuts))
             args.extend(cuts)
+            args.append(minus)
         replies = await self._sum_script(keys=keys, args=args)
         return [{_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in replies]
 

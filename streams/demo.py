@@ -36,7 +36,9 @@ from rich.table import Table
 
 from kpi_app.bootstrap import build_runtime
 from kpi_state.settings import Settings
+from kpi_state.targets import Target
 from streams.broker import EmbeddedBroker, free_port
+from streams.demo_targets import sample_targets
 from streams.simulator import SimConfig, simulate_history
 
 log = structlog.get_logger(__name__)
@@ -237,6 +239,14 @@ async def _reset(settings: Settings) -> None:
         await runtime.aclose()
 
 
+async def _load_targets(settings: Settings, targets: list[Target]) -> None:
+    runtime = build_runtime(settings)
+    try:
+        await runtime.reader.targets.replace(targets)
+    finally:
+        await runtime.aclose()
+
+
 def run_demo(
     settings: Settings, *, http_port: int, rate: float, history_days: float, duration: float | None
 ) -> int:
@@ -261,6 +271,10 @@ def run_demo(
             # so the wall moves while you watch.
             history = children.logdir / "history.jsonl"
             write_history(history, history_days, settings)
+            # Sample targets sized from the backfill, so the wall's quota row is alive at once.
+            with open(history, "rb") as lines:
+                targets = sample_targets((orjson.loads(line) for line in lines), datetime.now(UTC), settings)
+            asyncio.run(_load_targets(settings, targets))
             children.start(
                 "backfill",
                 _kpi("send", str(history), "--kafka-url", kafka_url, "--no-progress"),

@@ -23,6 +23,7 @@ DATASOURCE_UID = "kpi-prometheus"
 # Values for Grafana's variables when an expression is run outside Grafana.
 DEFAULT_VARIABLES: dict[str, str] = {
     "window": "30d",
+    "period": "mtd",
     "__rate_interval": "1m",
     "__interval": "15s",
     "__range": "1h",

@@ -30,7 +30,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
@@ -46,7 +46,10 @@ from kpi_state.events import (
 from kpi_state.settings import Settings
 from tests.reference_entities import UNASSIGNED, UNKNOWN, DealView, Entities, of_type, order_key, resolve
 
-WINDOW_NAMES = ("1h", "24h", "7d", "30d", "90d", "all")
+WINDOW_NAMES = (
+    "1h", "24h", "7d", "30d", "90d", "all",
+    "today", "mtd", "qtd", "ytd", "mtd_prev", "qtd_prev", "ytd_prev",
+)  # fmt: skip
 
 FUNNEL_KPIS = (
     "leads",
@@ -292,6 +295,8 @@ def in_window(at: datetime, window: str, as_of: datetime, settings: Settings) ->
     if window == "all":
         return True
     tz = settings.tz
+    if window in _PERIOD_MONTHS:
+        return _in_calendar_window(at.astimezone(tz).date(), window, as_of.astimezone(tz).date(), settings)
     if window == "1h" or window == "24h":
         local = as_of.astimezone(tz)
         into_bucket = timedelta(seconds=local.second, microseconds=local.microsecond)
@@ -303,6 +308,35 @@ def in_window(at: datetime, window: str, as_of: datetime, settings: Settings) ->
     n = {"7d": 7, "30d": 30, "90d": 90}[window]
     today = as_of.astimezone(tz).date()
     return today - timedelta(days=n - 1) <= at.astimezone(tz).date() <= today
+
+
+_PERIOD_MONTHS = {"today": 0, "mtd": 1, "qtd": 3, "ytd": 12, "mtd_prev": 1, "qtd_prev": 3, "ytd_prev": 12}
+
+
+def _in_calendar_window(day: date, window: str, today: date, settings: Settings) -> bool:
+    """DESIGN section 3, a plain filter on local dates: months are numbered from the fiscal
+    year's first month (month 0 of fiscal year 0 = year 0's start month); a period of n months
+    is a block of n such numbers. ``_prev``: as many days from the previous period's first day
+    as the current period has had (counting T's day), not past the current period's start."""
+    if window == "today":
+        return day == today
+    n = _PERIOD_MONTHS[window]
+
+    def fiscal_month(d: date) -> int:
+        return d.year * 12 + d.month - settings.fiscal_year_start_month
+
+    def first_day(number: int) -> date:
+        absolute = number + settings.fiscal_year_start_month - 1  # year * 12 + month - 1
+        return date(absolute // 12, absolute % 12 + 1, 1)
+
+    period = fiscal_month(today) // n
+    start = first_day(period * n)
+    if not window.endswith("_prev"):
+        return start <= day <= today
+    prev_start = first_day((period - 1) * n)
+    days_so_far = (today - start).days + 1
+    last = min(prev_start + timedelta(days=days_so_far - 1), start - timedelta(days=1))
+    return prev_start <= day <= last
 
 
 # --------------------------------------------------------------------------- KPI definitions
@@ -500,6 +534,7 @@ def reference_document(events: Sequence[Event], settings: Settings, as_of: datet
             )
             for window in WINDOW_NAMES
         },
+        "targets": [],  # none loaded: the property test compares the windows
         "current": current,
     }
 

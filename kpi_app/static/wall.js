@@ -6,8 +6,9 @@
 // connection state, and recovers by itself after a restart. 3 s is well within the
 // freshness the KPIs have, and one read of the document is a single Redis round trip.
 //
-// Each poll reads the current period (window=<w>, by=rep) and then the previous period
-// of the same length (as_of = current as_of - window length), for the deltas.
+// Each poll reads the current period (window=<w>, by=rep) and the previous one, for the
+// deltas: for a rolling window (and today) the same window one length earlier (as_of -
+// length); for mtd/qtd/ytd the like-for-like <w>_prev window of the same document.
 // Values from the API (rep names included) are only ever written with textContent.
 "use strict";
 
@@ -17,7 +18,14 @@
   const STALE_AFTER_MS = 2 * POLL_MS + 1500;
   const OFFLINE_AFTER_FAILURES = 3;
   const DAY_MS = 86400 * 1000;
-  const WINDOWS = { "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS, "90d": 90 * DAY_MS };
+  const WINDOWS = { "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS, "90d": 90 * DAY_MS, today: DAY_MS };
+  const PERIODS = { mtd: "mtd_prev", qtd: "qtd_prev", ytd: "ytd_prev" };
+  const KPI_LABELS = {
+    revenue_won: "Revenue won", deals_won: "Deals won", new_customers: "New customers",
+    leads: "Leads", qualified_leads: "Qualified leads",
+  };
+  const QUOTA_TEAM = 2;
+  const QUOTA_REPS = 8;
   const DEFAULT_WINDOW = "30d";
   const LEADERS = 8;
   const DASH = "—";
@@ -194,6 +202,54 @@
     }
   }
 
+  function targetItem(t, label, currency, withTarget) {
+    const div = document.createElement("div");
+    div.className = "target";
+    div.dataset.target = `${t.kpi}|${t.period}|${t.scope}`;
+    div.dataset.attainment = raw(t.attainment);
+    div.dataset.elapsed = raw(t.elapsed);
+    div.dataset.status = t.status || "none";
+    const name = document.createElement("span");
+    name.className = "label";
+    name.textContent = label;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${isNumber(t.attainment) ? Math.min(1, t.attainment) * 100 : 0}%`;
+    const pace = document.createElement("span");
+    pace.className = "pace";
+    pace.style.left = `${Math.min(1, t.elapsed) * 100}%`; // where attainment is on pace today
+    track.append(fill, pace);
+    const figure = document.createElement("span");
+    figure.className = "figure";
+    const kind = t.kpi === "revenue_won" ? "money" : "count";
+    const target = format(t.target, kind, currency);
+    figure.textContent = withTarget ? `${format(t.attainment, "percent")} of ${target}` : format(t.attainment, "percent");
+    div.title = `${label}: ${format(t.actual, kind, currency)} of ${target}, pace ${isNumber(t.pace) ? t.pace.toFixed(2) : DASH}`;
+    div.append(name, track, figure);
+    return div;
+  }
+
+  // The quota row: team targets (scope total) with a pace marker, then the reps' targets of
+  // the first rep-scoped KPI and period, best attainment first. Hidden without targets.
+  function renderQuota(targets, currency) {
+    const team = targets.filter((t) => t.scope === "total").slice(0, QUOTA_TEAM);
+    const first = targets.find((t) => t.scope.startsWith("rep:"));
+    const reps = first
+      ? targets.filter((t) => t.scope.startsWith("rep:") && t.kpi === first.kpi && t.period === first.period)
+        .sort((a, b) => (b.attainment ?? -1) - (a.attainment ?? -1)).slice(0, QUOTA_REPS)
+      : [];
+    $("#quota-team").replaceChildren(...team.map((t) =>
+      targetItem(t, `${KPI_LABELS[t.kpi] || t.kpi} · ${t.period}`, currency, true)));
+    $("#quota-reps").replaceChildren(...reps.map((t) => targetItem(t, t.scope.slice(4), currency, false)));
+    const shown = team.length + reps.length > 0;
+    $("#quota").hidden = !shown;
+    $("#quota-team").hidden = team.length === 0;
+    $("#quota-reps").hidden = reps.length === 0;
+    $(".wall").classList.toggle("has-quota", shown);
+  }
+
   function render(doc, prevDoc, windowName) {
     const win = doc.windows[windowName] || {};
     const prevWin = prevDoc && prevDoc.windows[windowName];
@@ -202,6 +258,7 @@
     renderFunnel(total);
     renderLeaders(win.by_rep, doc.currency);
     renderPipeline(doc.current.pipeline, doc.currency);
+    renderQuota(doc.targets || [], doc.currency);
     state.updates += 1;
     document.body.dataset.window = windowName;
     document.body.dataset.asOf = doc.as_of;
@@ -249,9 +306,16 @@
     const generation = ++state.generation;
     const windowName = state.window;
     try {
-      const doc = await getJson(`/api/kpis?window=${windowName}&by=rep`);
-      const prevAsOf = new Date(Date.parse(doc.as_of) - WINDOWS[windowName]).toISOString();
-      const prev = await getJson(`/api/kpis?window=${windowName}&by=total&as_of=${encodeURIComponent(prevAsOf)}`);
+      let doc;
+      let prev;
+      if (Object.prototype.hasOwnProperty.call(PERIODS, windowName)) {
+        doc = await getJson(`/api/kpis?window=${windowName},${PERIODS[windowName]}&by=rep`);
+        prev = { windows: { [windowName]: doc.windows[PERIODS[windowName]] } };
+      } else {
+        doc = await getJson(`/api/kpis?window=${windowName}&by=rep`);
+        const prevAsOf = new Date(Date.parse(doc.as_of) - WINDOWS[windowName]).toISOString();
+        prev = await getJson(`/api/kpis?window=${windowName}&by=total&as_of=${encodeURIComponent(prevAsOf)}`);
+      }
       if (generation !== state.generation) return; // the window changed meanwhile
       render(doc, prev, windowName);
       state.failures = 0;
@@ -273,7 +337,9 @@
   function windowFromHash() {
     const match = /(?:^#|&)window=([^&]*)/.exec(location.hash);
     const name = match ? decodeURIComponent(match[1]) : "";
-    return Object.prototype.hasOwnProperty.call(WINDOWS, name) ? name : DEFAULT_WINDOW;
+    const known = Object.prototype.hasOwnProperty.call(WINDOWS, name)
+      || Object.prototype.hasOwnProperty.call(PERIODS, name);
+    return known ? name : DEFAULT_WINDOW;
   }
 
   function selectWindow() {

@@ -9,12 +9,12 @@
 -- KEYS: none. Every key is "<ARGV[1]><kind>:<id>" in one namespace (standalone Redis,
 --       not Cluster: the joins touch keys that cannot be declared up front).
 -- ARGV[1] key prefix, e.g. "kpi:"
--- ARGV[2] JSON config {keep={m=,h=,d=} seconds a bucket is kept after its start, measured
+-- ARGV[2] JSON config {keep={m=,h=,d=,mo=} seconds a bucket is kept after its start, measured
 --         against the newest event time; grace = extra seconds of processing time;
 --         dttl = de-duplication TTL; ettl = entity TTL; cap = distinct values admitted per
 --         dimension}
 -- ARGV[3] msgpack array of facts (built by store.py; msgpack decodes ~2x faster than JSON), each:
---         i event_id, y type code, t occurred_at (epoch us), m/h/d bucket starts (epoch s, as
+--         i event_id, y type code, t occurred_at (epoch us), m/h/d/mo bucket starts (epoch s, as
 --         strings: number-to-string conversion in Lua costs a microsecond per key),
 --         type fields (l lead, k deal, c customer, r rep, s source, g segment,
 --         a amount in micro-units, ar/rt raw micro-units and rate of an amount in another
@@ -88,8 +88,10 @@ local function bump(key, field, v)
   h[field] = x
 end
 
--- tb = {t, event_id, minute, hour, day}: an event's time, its tie-breaker and buckets.
-local function tb_of(f) return { f.t, f.i, f.m, f.h, f.d } end
+-- tb = {t, event_id, minute, hour, day, month}: an event's time, its tie-breaker and buckets.
+-- The month is false in a tb stored before month buckets existed (layout v2): such a record
+-- adds to and retracts from no month bucket, consistently.
+local function tb_of(f) return { f.t, f.i, f.m, f.h, f.d, f.mo } end
 
 -- Code-point order of UTF-8 strings is their byte order; Lua's "<" uses the C locale
 -- collation, which is not guaranteed to be that.
@@ -107,7 +109,9 @@ local function earlier(a, b)
   return bytes_lt(a[2], b[2])
 end
 
-local GRAN = { { 3, 'm:', CFG.keep.m }, { 4, 'h:', CFG.keep.h }, { 5, 'd:', CFG.keep.d } }
+local GRAN = {
+  { 3, 'm:', CFG.keep.m }, { 4, 'h:', CFG.keep.h }, { 5, 'd:', CFG.keep.d }, { 6, 'mo:', CFG.keep.mo },
+}
 
 -- Bucket keys of a time record, cached per record (a record is usually retracted and
 -- added back in the same batch). A bucket lives until its start is older than its longest
@@ -121,10 +125,12 @@ local function keys_of(tb)
   ks = {}
   for _, gr in ipairs(GRAN) do
     local start = tb[gr[1]]
-    local key = P .. gr[2] .. start
-    local ttl = math.max(tonumber(start) + gr[3] - WM, 0) + CFG.grace
-    if (TTL[key] or 0) < ttl then TTL[key] = ttl end
-    ks[#ks + 1] = key
+    if start then
+      local key = P .. gr[2] .. start
+      local ttl = math.max(tonumber(start) + gr[3] - WM, 0) + CFG.grace
+      if (TTL[key] or 0) < ttl then TTL[key] = ttl end
+      ks[#ks + 1] = key
+    end
   end
   ks[#ks + 1] = ALL
   KEYS_OF[tb] = ks

@@ -9,27 +9,30 @@
 -- before and after the statement is applied, and each part whose inputs changed is retracted
 -- with the old view and added with the new one. Unchanged parts cost nothing.
 --
--- Stored entity fields (msgpack, kept for the entity TTL; v = 2 marks this layout):
+-- Stored entity fields (msgpack, kept for the entity TTL; v = 3 marks this layout, v = 2 the
+-- same without the month in tbs, outcomes and stage entries, upgraded on read):
 --   (a statement made by the record's creation event is {false, false, value}: its key is c)
 --   lead L:     c created tb | R, S, G {t, id, rep/source/segment} | q first qualified tb |
 --               X {t, id, deleted?} | dl ids of deals that ever named this lead
 --   deal D:     c created tb | cs initial stage | R {t, id, owner} | L {t, id, lead id} |
 --               A {t, id, amount (reporting micro-units), raw micro-units if another currency} |
 --               U {t, id, rate} a later currency-only statement | S {t, id, stage} |
---               O {t, id, minute, hour, day, 'w'|'l'|'o', customer} outcome | X {t, id, deleted?} |
---               n stage entries {false, false, minute, hour, day, stage, rep or false} of
+--               O {t, id, minute, hour, day, month, 'w'|'l'|'o', customer} outcome | X {t, id, deleted?} |
+--               n stage entries {false, false, minute, hour, day, month, stage, rep or false} of
 --               deal.stage_changed (a tb for their buckets, without time and event id)
 --   customer C: wd ids of deals ever won for it | ch churned
--- A tb is {t (epoch us), event id, minute, hour, day bucket starts} (tb_of).
+-- A tb is {t (epoch us), event id, minute, hour, day, month bucket starts} (tb_of).
 
 local UNASSIGNED, UNKNOWN = 'unassigned', 'unknown'
 local NONE = {} -- an empty set or list that is never written to (spares an allocation)
 
 -- A statement is a flat array that earlier() orders like a tb: {t, event id, a, b}; the outcome
--- keeps the whole tb in front, {t, event id, minute, hour, day, kind, customer}, so that it is
+-- keeps the whole tb in front, {t, event id, minute, hour, day, month, kind, customer}, so that it is
 -- itself the tb that places the win or loss in its buckets. Flat arrays keep msgpack small.
 local function stmt(tb, a, b) return { tb[1], tb[2], a, b } end
-local function outcome_stmt(tb, kind, customer) return { tb[1], tb[2], tb[3], tb[4], tb[5], kind, customer } end
+local function outcome_stmt(tb, kind, customer)
+  return { tb[1], tb[2], tb[3], tb[4], tb[5], tb[6] or false, kind, customer }
+end
 
 -- A statement made by the record's creation event is stored as {false, false, a, b}: its key
 -- is the record's c (the tb kept anyway), which spares an event id per attribute.
@@ -53,11 +56,11 @@ local function state_outcome(E, tb, kind, customer)
   if cur and not earlier(cur, tb) then return end
   E.O = outcome_stmt(tb, kind, customer)
 end
-local function kind_of(O) return O and O[6] end
+local function kind_of(O) return O and O[7] end
 
--- A stage entry of a deal.stage_changed: {false, false, minute, hour, day, stage, rep or false},
+-- A stage entry of a deal.stage_changed: {false, false, minute, hour, day, month, stage, rep or false},
 -- itself a tb for its buckets (keys_of reads only those); time and event id are not needed.
-local function stage_entry(tb, stage, rep) return { false, false, tb[3], tb[4], tb[5], stage, rep } end
+local function stage_entry(tb, stage, rep) return { false, false, tb[3], tb[4], tb[5], tb[6] or false, stage, rep } end
 
 local function deleted(E) return E and E.X and E.X[3] end
 local function value(statement, default)
@@ -80,8 +83,17 @@ end
 -- Entities written before contract v2 are read into this layout once (best effort: a v1 deal
 -- kept no record of stage entries that named their rep, see docs/corrections.md).
 local function upgrade(kind, s)
-  if s.v then return s end
-  local n = { v = 2 }
+  if s.v == 3 then return s end
+  if s.v == 2 then
+    -- v2 -> v3: a month slot (false: no month bucket) after the day in outcomes and stage entries.
+    if s.O then table.insert(s.O, 6, false) end
+    if s.n then
+      for _, e in ipairs(s.n) do table.insert(e, 6, false) end
+    end
+    s.v = 3
+    return s
+  end
+  local n = { v = 3 }
   if kind == 'L' then
     n.c, n.q, n.dl = s.c, s.q, s.dl
     if s.c then
@@ -123,7 +135,7 @@ local function entity(prefix, kind, id, create)
   end
   if create then
     if not s then
-      s = { v = 2 }
+      s = { v = 3 }
       ENT[key] = s
     end
     DIRTY[key] = true
@@ -203,7 +215,7 @@ local function cust_view(C, cid)
   for _, did in ipairs(C.wd or NONE) do
     local D = deal(did)
     local O = won_outcome(D)
-    if O and O[7] == cid and (not best or earlier(O, best)) then best, bd = O, D end
+    if O and O[8] == cid and (not best or earlier(O, best)) then best, bd = O, D end
   end
   if not best then return { ch = C.ch } end
   local s, g = lead_dims(value(bd.L))
@@ -248,7 +260,7 @@ local function emit_stages(v, n, sign, first, last)
   if not v or not n then return end
   for i = first, last do
     local e = n[i]
-    put('e:' .. e[6], e, sign, e[7] or v.rep)
+    put('e:' .. e[7], e, sign, e[8] or v.rep)
   end
 end
 
@@ -389,7 +401,7 @@ local function deal_scope(f)
     local link = D and value(D.L)
     if link then leads[link] = true end
     if f.l then leads[f.l] = true end
-    if won then custs[D.O[7]] = true end
+    if won then custs[D.O[8]] = true end
     if f.c then custs[f.c] = true end
   end
   return leads, { [f.k] = true }, custs
@@ -403,7 +415,7 @@ local function lead_scope(lid)
     for _, did in ipairs(L.dl or NONE) do
       deals[did] = true
       local D = deal(did)
-      if D and kind_of(D.O) == 'w' then custs[D.O[7]] = true end
+      if D and kind_of(D.O) == 'w' then custs[D.O[8]] = true end
     end
   end
   return { [lid] = true }, deals, custs, true

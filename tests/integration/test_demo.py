@@ -62,6 +62,14 @@ def test_demo_runs_shows_kpis_and_stops_cleanly() -> None:
         last = [int(v.replace(",", "")) for v in rows[-1]]
         assert last[3] > 0  # 30d leads from the backfill
         assert _marked_processes(mark) == set(), "a child of the demo outlived it"
+        # Sample targets for this month and quarter (the quota row), left in the namespace.
+        import orjson
+        import redis as redis_sync
+
+        with redis_sync.Redis() as check:
+            loaded = orjson.loads(check.get(f"{namespace}:targets") or b"[]")
+        assert {t["kpi"] for t in loaded} >= {"revenue_won", "deals_won", "leads"}
+        assert any(t["scope"].startswith("rep:") for t in loaded)
     finally:
         import redis
 

@@ -134,6 +134,7 @@ HEALTHY: dict[str, str] = {
         and ignoring (window)
         (window:sales_leads:max{window="24h"} >= 20)
     """,
+    "SalesTargetBehindPace": "target:sales_target_pace_ratio:max >= 0.9",
     "SalesWinRateDropped": """
         (
           window:sales_win_ratio:max{window="7d"}
@@ -539,6 +540,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         children.append(serve)
         wait_for(serve, "/healthz", lambda: http.get(f"{serve_url}/healthz").status_code == 200)
         _post_invalid_events(http, serve_url)
+        # A target through the API (a month's leads; the history and the burst exceed it): the
+        # sales_target* series and SalesTargetBehindPace's healthy side have data.
+        month_target = [{"kpi": "leads", "period": f"{now:%Y-%m}", "scope": "total", "value": 1}]
+        put = http.put(
+            f"{serve_url}/api/targets", json=month_target, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert put.status_code == 200, put.text
 
         worker_port: int | None = None
         worker_error: str | None = None
@@ -669,6 +677,8 @@ def test_every_alert_has_a_healthy_witness() -> None:
         ('sales_ltv_cac_ratio{window="30d"}', "windows.30d.total.ltv_cac_ratio", 1),
         ('sales_win_ratio{window="90d"}', "windows.90d.total.win_rate", 1),
         ('sales_leads{window="all"}', "windows.all.total.leads", 1),
+        ('sales_leads{window="mtd"}', "windows.mtd.total.leads", 1),
+        ('sales_revenue_won{window="qtd_prev",currency="EUR"}', "windows.qtd_prev.total.revenue_won", 1),
         (
             'sales_revenue_won_by_rep{window="30d",rep="alice",currency="EUR"}',
             "windows.30d.by_rep.alice.revenue_won",

@@ -433,7 +433,9 @@ def test_key_lifetimes(make_settings: SettingsFactory, open_store: StoreOpener) 
         entity_retention_seconds=2 * 86400,
         dedupe_ttl_seconds=900,
     )
-    keep = {"m": 3600 + 600, "h": 86400 + 7200, "d": 90 * 86400 + 86400}
+    # Day buckets for ytd_prev's partial month (a year and a month back), month buckets for two
+    # fiscal years and a month (DESIGN section 3).
+    keep = {"m": 3600 + 600, "h": 86400 + 7200, "d": 400 * 86400 + 86400, "mo": 25 * 31 * 86400 + 86400}
     grace = 300
     newest = AS_OF - timedelta(minutes=5)  # the newest event of HISTORY
     old = E("lead.created", "old", 180, lead_id="OLD")  # its minute bucket is past retention
@@ -443,7 +445,7 @@ def test_key_lifetimes(make_settings: SettingsFactory, open_store: StoreOpener) 
             await store.apply([old, *HISTORY])
             lifetimes = await ttls(store)
             kinds = {name.split(":", 1)[0] for name in lifetimes}
-            assert kinds == {"m", "h", "d", "all", "cur", "L", "D", "C", "seen", "wm", "dv"}
+            assert kinds == {"m", "h", "d", "mo", "all", "cur", "L", "D", "C", "seen", "wm", "dv"}
             for name, ttl in lifetimes.items():
                 kind = name.split(":", 1)[0]
                 if kind in ("all", "cur", "wm", "dv"):
@@ -461,6 +463,9 @@ def test_key_lifetimes(make_settings: SettingsFactory, open_store: StoreOpener) 
             assert abs(lifetimes[f"m:{int(minute.timestamp())}"] - expected) <= 3
             old_minute = (AS_OF - timedelta(minutes=180)).replace(second=0)
             assert 0 < lifetimes[f"m:{int(old_minute.timestamp())}"] <= grace
+            month = newest.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            expected = int((month - newest).total_seconds()) + keep["mo"] + grace
+            assert abs(lifetimes[f"mo:{int(month.timestamp())}"] - expected) <= 3
             assert await store.redis.get(store.prefix + "wm") == str(int(newest.timestamp())).encode()
             check_reference(await read(store, settings), [old, *HISTORY], settings)
 

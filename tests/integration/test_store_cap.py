@@ -181,7 +181,7 @@ def test_a_document_reads_only_the_windows_asked_for(
         keys: list[str]
 
         async def sum_windows(self, groups: Any) -> list[dict[str, int]]:
-            self.keys = [name for names, _ in groups for name in names]
+            self.keys = [name for group in groups for name in group[0]]
             return await super().sum_windows(groups)
 
     async def scenario() -> None:
@@ -190,7 +190,19 @@ def test_a_document_reads_only_the_windows_asked_for(
             await store.apply(HISTORY)
             reader = KpiReader(store, settings)
             full = await reader.document(AS_OF)
-            assert len(store.keys) == 60 + 24 + 90 + 2
+            # Calendar windows at 2026-03-31: today..ytd are March's 31 days + Jan and Feb;
+            # mtd_prev is February whole (1 month); qtd_prev the 90 days Oct 1 - Dec 29, read as
+            # Oct, Nov, Dec minus Dec 30 and 31 (5 keys, not 2 months + 29 days); ytd_prev
+            # Jan 1 - Mar 31 2025 (3 months).
+            calendar = (31 + 2) + 1 + (3 + 2) + 3
+            assert len(store.keys) == 60 + 24 + 90 + 2 + calendar
+            ytd = await reader.document(AS_OF, ["ytd"])
+            assert ytd["windows"] == {"ytd": full["windows"]["ytd"]}
+            assert len(store.keys) == 31 + 2 + 1
+            assert store.keys[:31] == [
+                f"d:{int((AS_OF - timedelta(days=k)).timestamp()) // 86400 * 86400}" for k in range(31)
+            ]
+            assert store.keys[31:33] == ["mo:1769904000", "mo:1767225600"]  # 2026-02-01, 2026-01-01
             one = await reader.document(AS_OF, ["1h"])
             assert list(one["windows"]) == ["1h"] and one["windows"]["1h"] == full["windows"]["1h"]
             assert len(store.keys) == 60 + 1 and all(k.startswith("m:") for k in store.keys[:-1])
@@ -294,8 +306,10 @@ def test_every_dimension_flooded_keeps_the_document_under_5_mb(
                 await store.apply(events[first : first + 500])
             doc = orjson.dumps(await KpiReader(store, settings).document(AS_OF))
         parsed = orjson.loads(doc)
-        for wdoc in parsed["windows"].values():
-            assert [len(wdoc[k]) for k in ("by_rep", "by_source", "by_segment")] == [cap + 1] * 3
+        for name, wdoc in parsed["windows"].items():
+            # The like-for-like previous periods hold none of this hour's events.
+            listed = 0 if name.endswith("_prev") else cap + 1
+            assert [len(wdoc[k]) for k in ("by_rep", "by_source", "by_segment")] == [listed] * 3, name
         assert len(doc) < 5 * 2**20, len(doc)
 
     asyncio.run(scenario())

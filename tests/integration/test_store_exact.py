@@ -107,6 +107,39 @@ def test_sum_windows_is_exact_past_2_63(make_settings: SettingsFactory, open_sto
     asyncio.run(scenario())
 
 
+def test_sum_windows_subtracts_exactly_past_2_63(
+    make_settings: SettingsFactory, open_store: StoreOpener
+) -> None:
+    """A calendar window read as a month minus its last days: exact for any size and sign,
+    and a field that cancels out is no field."""
+    settings = make_settings()
+    rng = random.Random(11)
+    fields = [f"f{i}" for i in range(12)]
+    hashes = [
+        {f: v for f, v in zip(fields, interesting_ints(rng, len(fields)), strict=True) if v} for _ in range(6)
+    ]
+    hashes.append(dict(hashes[5]))  # the last two cancel out field by field
+
+    async def scenario() -> None:
+        async with open_store(settings) as store:
+            for i, h in enumerate(hashes):
+                await store.redis.hset(f"{store.prefix}d:{i}", mapping={k: str(v) for k, v in h.items()})
+            names = [f"d:{i}" for i in range(7)]
+            for minus in (0, 1, 3):
+                (got,) = await store.sum_windows([(names[: 7 - minus] + names[7 - minus :], [7], minus)])
+                want: dict[str, int] = {}
+                for i, h in enumerate(hashes):
+                    for k, v in h.items():
+                        want[k] = want.get(k, 0) + (v if i < 7 - minus else -v)
+                assert got == {k: v for k, v in want.items() if v or minus == 0}, minus
+            (cancelled,) = await store.sum_windows([(names[5:7], [2], 1)])
+            assert cancelled == {}
+            with pytest.raises(ValueError, match="subtract only in its last cut"):
+                await store.sum_windows([(names[:4], [3, 4], 2)])  # the first cut would end among them
+
+    asyncio.run(scenario())
+
+
 def test_9300_spends_of_1e9_stay_exact(make_settings: SettingsFactory, open_store: StoreOpener) -> None:
     """The probe's case: every spend is accepted and every window's total is exact, never wrapped."""
     assert MAX_AMOUNT == 1e9

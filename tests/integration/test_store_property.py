@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kpi_state.events import EVENT_ADAPTER, Event
+from kpi_state.periods import CALENDAR_WINDOWS, calendar_range
 from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
 from kpi_state.store import ApplyResult
@@ -27,6 +28,9 @@ pytestmark = pytest.mark.integration
 AS_OF = datetime(2026, 3, 31, 12, 34, 56, tzinfo=UTC)
 RATES = "USD=0.92,GBP=1.17"
 # Examples share the function-scoped namespace_family on purpose (a fresh namespace each).
+# Fiscal years starting in January, in February (a quarter straddling the calendar year), in
+# the quarter's middle month and in the month after AS_OF's.
+FISCAL_STARTS = st.sampled_from((1, 2, 3, 4, 11))
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 LEADS = ("L1", "L2", "L3", "L4", "L5")
@@ -66,6 +70,16 @@ def edge_instants(as_of: datetime, tz: ZoneInfo) -> list[datetime]:
         midnight(89),
         as_of,
     ]
+    # Calendar windows, for any fiscal year start: every month start of the last 25 months
+    # (period starts) and the ends of the like-for-like previous periods.
+    first = today.replace(day=1)
+    bounds.extend(
+        datetime.combine(date(m // 12, m % 12 + 1, 1), time(0), tzinfo=tz)
+        for m in range(first.year * 12 + first.month - 1 - 24, first.year * 12 + first.month)
+    )
+    for fiscal in range(1, 13):
+        for window in CALENDAR_WINDOWS:
+            bounds.append(datetime.combine(calendar_range(window, today, fiscal)[1], time(0), tzinfo=tz))
     out = {b + d for b in bounds for d in (timedelta(0), timedelta(seconds=-1))}
     return sorted(t for t in out if t <= as_of + timedelta(minutes=30))
 
@@ -73,7 +87,8 @@ def edge_instants(as_of: datetime, tz: ZoneInfo) -> list[datetime]:
 @st.composite
 def crm_events(draw: st.DrawFn, as_of: datetime, tz: ZoneInfo) -> list[Event]:
     """A small, realistic, conflict-free CRM history of the ~40 days before ``as_of``, plus
-    events on the window edges (back to the start of ``90d``, at most 30 minutes after ``as_of``).
+    events on the window edges (back to the start of ``ytd_prev`` two years ago, at most 30 minutes
+    after ``as_of``).
 
     At most one lead.created per lead, one deal.created and one terminal event per deal;
     every other combination (missing creations, wins with and without lead_id, stage
@@ -355,7 +370,10 @@ def check(
 def test_any_delivery_reads_as_the_reference(
     data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
 ) -> None:
-    settings_ = namespace_family(currency_rates=RATES, default_gross_margin=0.6)
+    fiscal = data.draw(FISCAL_STARTS, label="fiscal year start month")
+    settings_ = namespace_family(
+        currency_rates=RATES, default_gross_margin=0.6, fiscal_year_start_month=fiscal
+    )
     events = data.draw(crm_events(AS_OF, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
     check(open_store, settings_, events, batches, AS_OF)
@@ -367,7 +385,10 @@ def test_any_delivery_of_corrections_reads_as_the_reference(
     data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
 ) -> None:
     """Contract v2: reopen/re-win cycles, edits, owner changes, re-links, deletions and restores."""
-    settings_ = namespace_family(currency_rates=RATES, default_gross_margin=0.6)
+    fiscal = data.draw(FISCAL_STARTS, label="fiscal year start month")
+    settings_ = namespace_family(
+        currency_rates=RATES, default_gross_margin=0.6, fiscal_year_start_month=fiscal
+    )
     events = data.draw(crm_corrections(AS_OF, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
     check(open_store, settings_, events, batches, AS_OF)
@@ -385,7 +406,10 @@ BERLIN_AS_OFS = (
 def test_any_delivery_in_a_dst_timezone(
     data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
 ) -> None:
-    settings_ = namespace_family(timezone="Europe/Berlin", currency_rates=RATES)
+    fiscal = data.draw(FISCAL_STARTS, label="fiscal year start month")
+    settings_ = namespace_family(
+        timezone="Europe/Berlin", currency_rates=RATES, fiscal_year_start_month=fiscal
+    )
     as_of = data.draw(st.sampled_from(BERLIN_AS_OFS), label="as_of")
     events = data.draw(any_history(as_of, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
@@ -398,7 +422,8 @@ def test_reading_later_as_of(
     data: st.DataObject, namespace_family: SettingsFactory, open_store: StoreOpener
 ) -> None:
     """Reading well after the newest event: windows slide over the same buckets."""
-    settings_ = namespace_family(currency_rates=RATES)
+    fiscal = data.draw(FISCAL_STARTS, label="fiscal year start month")
+    settings_ = namespace_family(currency_rates=RATES, fiscal_year_start_month=fiscal)
     events = data.draw(any_history(AS_OF, settings_.tz), label="events")
     batches = data.draw(deliveries(events), label="batches")
     later = data.draw(st.integers(30 * 60, 55 * 86_400), label="seconds after AS_OF")

@@ -570,6 +570,38 @@ def test_api_kpis_window_and_by_filters(settings: Settings) -> None:
     drive(settings, scenario, clear=True)
 
 
+def test_api_kpis_calendar_windows(settings: Settings) -> None:
+    """?window= takes the calendar windows too (DESIGN section 3): this hour's events are in
+    today..ytd and in none of the previous periods."""
+    as_of = NOW.isoformat()
+    calendar = "today,mtd,qtd,ytd,mtd_prev,qtd_prev,ytd_prev"
+
+    async def scenario(client: httpx.AsyncClient, runtime: Runtime) -> None:
+        await apply_events(runtime, sample_events())
+        full = orjson.loads(orjson.dumps(await runtime.reader.document(NOW)))
+        got = (await client.get("/api/kpis", params={"window": calendar, "as_of": as_of, "by": "rep"})).json()
+        assert list(got["windows"]) == calendar.split(",")
+        today = NOW.date()  # UTC is the business timezone here
+        starts = {
+            "today": today,
+            "mtd": today.replace(day=1),
+            "qtd": today.replace(day=1, month=(today.month - 1) // 3 * 3 + 1),
+            "ytd": today.replace(day=1, month=1),
+        }
+        leads_day = (NOW - timedelta(minutes=30)).date()  # the three leads (lead())
+        for name, start in starts.items():
+            assert got["windows"][name]["total"]["leads"] == (3 if leads_day >= start else 0), name
+            assert got["windows"][name]["by_rep"] == full["windows"][name]["by_rep"]
+        for name in ("mtd_prev", "qtd_prev", "ytd_prev"):
+            assert got["windows"][name]["total"]["leads"] == 0, name
+            assert got["windows"][name]["by_rep"] == {}
+        for name in calendar.split(","):  # each alone reads only its own buckets
+            alone = (await client.get("/api/kpis", params={"window": name, "as_of": as_of})).json()
+            assert alone["windows"] == {name: full["windows"][name]}
+
+    drive(settings, scenario, clear=True)
+
+
 @pytest.mark.parametrize(
     "params",
     [

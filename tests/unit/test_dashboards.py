@@ -139,6 +139,24 @@ def test_sales_wall_window_variable() -> None:
     assert [o["value"] for o in window["options"] if o["selected"]] == ["30d"]
 
 
+def test_sales_wall_period_variable_and_targets_row() -> None:
+    """Calendar periods beside the rolling windows, deltas against <period>_prev (today against
+    yesterday), and the targets' attainment and pace (DESIGN sections 3 and 4)."""
+    dashboard = load_dashboard(REPO / "grafana" / "dashboards" / "sales-wall.json")
+    (period,) = [v for v in dashboard["templating"]["list"] if v["name"] == "period"]
+    assert [o["value"] for o in period["options"]] == ["today", "mtd", "qtd", "ytd"]
+    assert period["query"] == "today,mtd,qtd,ytd" and period["current"]["value"] == "mtd"
+    exprs = {p["title"]: p["targets"][0]["expr"] for p in iter_panels(dashboard)}
+    assert 'window="$period"' in exprs["Revenue won ($period)"]
+    change = exprs["Revenue vs previous period"]
+    assert 'window="${period}_prev"' in change and "offset 1d" in change
+    assert "sales_target_attainment_ratio" in exprs["Targets: attainment"]
+    assert "target:sales_target_pace_ratio:max" in exprs["Targets: pace"]
+    (pace,) = [p for p in iter_panels(dashboard) if p["title"] == "Targets: pace"]
+    steps = pace["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(s["color"], s["value"]) for s in steps] == [("red", None), ("blue", 0.9), ("green", 1.1)]
+
+
 def test_sales_wall_ltv_cac_thresholds() -> None:
     dashboard = load_dashboard(REPO / "grafana" / "dashboards" / "sales-wall.json")
     (panel,) = [p for p in iter_panels(dashboard) if "sales_ltv_cac_ratio" in p["targets"][0]["expr"]]

@@ -26,3 +26,23 @@ def test_calendar_windows_equal_the_csv_counts(make_settings: SettingsFactory, t
     lines = check_csv(make_settings(), rows, AS_OFS, (1, 2), tmp_path)
     assert len(lines) == len(AS_OFS) * 2
     print("\n".join(lines))
+
+
+PUBLIC = Path(__file__).resolve().parents[1] / "data" / "crm_sales_pipeline_sample.csv"
+PUBLIC_AS_OFS = (
+    "2017-02-01T00:00:00Z",  # a month's first second
+    "2017-06-30T23:59:59Z",  # a quarter's and (calendar) half year's last second
+    "2017-10-15T12:00:00Z",
+    "2017-12-31T23:59:59Z",  # the data set's last day: ytd is the whole of 2017
+)
+
+
+def test_calendar_windows_on_the_public_data_set_sample(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """The same check on real rows: 400 of Maven Analytics' sales_pipeline.csv (tests/data)."""
+    rows = read_rows(PUBLIC.read_text(encoding="utf-8"))
+    assert len(rows) == 400
+    lines = check_csv(make_settings(), rows, PUBLIC_AS_OFS, (1, 2), tmp_path)
+    assert len(lines) == len(PUBLIC_AS_OFS) * 2
+    print("\n".join(lines))

@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import structlog
@@ -329,6 +329,20 @@ def send(
     )
 
 
+def run_supervised(
+    command: str, settings: Settings, options: dict[str, str | None], topics: dict[str, int]
+) -> NoReturn:
+    """Run ``kpi <command> --no-supervise <options>`` as a child that is started again whenever it
+    stops (``streams.supervisor``), after creating ``topics`` (name -> partitions)."""
+    from streams.broker import bootstrap_servers
+    from streams.supervisor import Supervisor
+
+    assert settings.kafka_url is not None
+    child = [sys.executable, "-m", "kpi_app", command, "--no-supervise"]
+    child += [part for flag, value in options.items() if value is not None for part in (flag, value)]
+    raise typer.Exit(Supervisor(child, bootstrap_servers(settings.kafka_url), topics).run())
+
+
 @app.command()
 def worker(
     kafka_url: KafkaUrl = None,
@@ -349,22 +363,10 @@ def worker(
     if not settings.kafka_url:
         raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
     if supervise:
-        from streams.broker import bootstrap_servers
-        from streams.supervisor import Supervisor
-
-        given = {
-            "--kafka-url": kafka_url,
-            "--redis-url": redis_url,
-            "--namespace": namespace,
-            "--topic": topic,
-            "--group": group,
-            "--web-port": str(web_port),
-            "--web-host": web_host,
-        }
-        child = [sys.executable, "-m", "kpi_app", "worker", "--no-supervise"]
-        child += [part for flag, value in given.items() if value is not None for part in (flag, value)]
+        options = {"--kafka-url": kafka_url, "--redis-url": redis_url, "--namespace": namespace}
+        options |= {"--topic": topic, "--group": group, "--web-port": str(web_port), "--web-host": web_host}
         topics = {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.dlq_partitions}
-        raise typer.Exit(Supervisor(child, bootstrap_servers(settings.kafka_url), topics).run())
+        run_supervised("worker", settings, options, topics)
     from streams.worker import KpiWorker
 
     runtime = build_runtime(settings)

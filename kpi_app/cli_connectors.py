@@ -14,7 +14,16 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime
-from kpi_app.cli import KafkaUrl, Namespace, RedisUrl, Topic, console, load_settings, run_with_runtime
+from kpi_app.cli import (
+    KafkaUrl,
+    Namespace,
+    RedisUrl,
+    Topic,
+    console,
+    load_settings,
+    run_supervised,
+    run_with_runtime,
+)
 
 
 def import_csv(
@@ -136,26 +145,14 @@ def hooks_worker(
     if not settings.kafka_url:
         raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
     if supervise:
-        from streams.broker import bootstrap_servers
-        from streams.supervisor import Supervisor
-
-        given = {
-            "--kafka-url": kafka_url,
-            "--redis-url": redis_url,
-            "--namespace": namespace,
-            "--topic": topic,
-            "--group": group,
-            "--web-port": str(web_port),
-            "--web-host": web_host,
-        }
-        child = [sys.executable, "-m", "kpi_app", "hooks-worker", "--no-supervise"]
-        child += [part for flag, value in given.items() if value is not None for part in (flag, value)]
+        options = {"--kafka-url": kafka_url, "--redis-url": redis_url, "--namespace": namespace}
+        options |= {"--topic": topic, "--group": group, "--web-port": str(web_port), "--web-host": web_host}
         topics = {
             settings.topic: settings.topic_partitions,
             settings.dlq_topic: settings.dlq_partitions,
             settings.hooks_topic: settings.hooks_partitions,
         }
-        raise typer.Exit(Supervisor(child, bootstrap_servers(settings.kafka_url), topics).run())
+        run_supervised("hooks-worker", settings, options, topics)
     from kpi_app.bootstrap import build_runtime
     from streams.hooks_worker import HooksWorker
 

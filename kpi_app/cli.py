@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime, build_runtime
-from kpi_app.targets_cli import targets_app
 from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.settings import Settings
 from kpi_state.windows import WINDOW_NAMES
@@ -29,7 +28,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Real-time sales KPIs from CRM events (see docs and DESIGN).",
 )
-app.add_typer(targets_app, name="targets")
 console = Console(stderr=True)
 
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="Redis URL [env KPI_REDIS_URL]")]
@@ -412,6 +410,9 @@ def demo(
 
 
 from kpi_app.cli_connectors import hooks_worker, import_csv  # noqa: E402 - they use this module's helpers
+from kpi_app.targets_cli import targets_app  # noqa: E402 - likewise
+
+app.add_typer(targets_app, name="targets")
 
 app.command("import")(import_csv)
 app.command("hooks-worker")(hooks_worker)

@@ -10,16 +10,11 @@ import typer
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime
+from kpi_app.cli import Namespace, RedisUrl, load_settings, parse_instant, run_with_runtime
 from kpi_state.targets import TargetsRefused, parse_targets_text
 
 targets_app = typer.Typer(no_args_is_help=True, help="Targets (quotas): load a file, show the figures.")
 _err = Console(stderr=True)
-
-
-def _cli() -> Any:
-    from kpi_app import cli  # the parent command's helpers (flags, settings, runtime)
-
-    return cli
 
 
 @targets_app.command("load")
@@ -27,15 +22,10 @@ def load(
     file: Annotated[
         Path, typer.Argument(help="YAML or JSON list of {kpi, period, scope, value}", exists=True)
     ],
-    redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Redis URL [env KPI_REDIS_URL]")
-    ] = None,
-    namespace: Annotated[
-        str | None, typer.Option("--namespace", help="key prefix [env KPI_NAMESPACE]")
-    ] = None,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
 ) -> None:
     """Replace every target with the file's; a file with any bad entry is refused whole."""
-    cli = _cli()
     try:
         targets = parse_targets_text(file.read_text(encoding="utf-8"))
     except TargetsRefused as exc:
@@ -45,12 +35,12 @@ def load(
             f"refused: {len(exc.problems)} bad entr{'y' if len(exc.problems) == 1 else 'ies'}, nothing loaded"
         )
         raise typer.Exit(1) from exc
-    settings = cli.load_settings(redis_url=redis_url, namespace=namespace)
+    settings = load_settings(redis_url=redis_url, namespace=namespace)
 
     async def body(runtime: Runtime) -> None:
         await runtime.reader.targets.replace(targets)
 
-    cli.run_with_runtime(settings, body)
+    run_with_runtime(settings, body)
     typer.echo(f"loaded {len(targets)} targets")
 
 
@@ -58,25 +48,20 @@ def load(
 def show(
     as_of: Annotated[str | None, typer.Option("--as-of", help="evaluation time (RFC 3339)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Redis URL [env KPI_REDIS_URL]")
-    ] = None,
-    namespace: Annotated[
-        str | None, typer.Option("--namespace", help="key prefix [env KPI_NAMESPACE]")
-    ] = None,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
 ) -> None:
     """Every target whose period contains the evaluation time, with actual, attainment, pace..."""
     from kpi_app.show import targets_table
 
-    cli = _cli()
-    settings = cli.load_settings(redis_url=redis_url, namespace=namespace)
-    instant = cli.parse_instant(as_of)
+    settings = load_settings(redis_url=redis_url, namespace=namespace)
+    instant = parse_instant(as_of)
 
     async def body(runtime: Runtime) -> dict[str, Any]:
         doc: dict[str, Any] = await runtime.reader.document(instant, ["mtd", "qtd", "ytd"])
         return {"as_of": doc["as_of"], "currency": doc["currency"], "targets": doc["targets"]}
 
-    doc = cli.run_with_runtime(settings, body)
+    doc = run_with_runtime(settings, body)
     if json_out:
         typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return

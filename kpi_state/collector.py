@@ -42,8 +42,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from kpi_state import kpis
-from kpi_state.kpis import Current, Dim
-from kpi_state.report import Counters, KpiReader, split_counters
+from kpi_state.kpis import Dim
+from kpi_state.report import Counters, KpiReader, current_of, split_counters
 from kpi_state.settings import Settings
 from kpi_state.target_metrics import add_target_rows
 
@@ -290,10 +290,7 @@ class _Builder:
 def kpi_families(snapshot: KpiSnapshot, settings: Settings) -> list[KpiFamily]:
     """Every ``sales_*`` family for one snapshot. Pure: no I/O."""
     stages = settings.stage_names
-    pipeline = snapshot.current["pipeline"]
-    current = Current(
-        active_customers=snapshot.current["active_customers"], open_deals=pipeline["open_deals"]
-    )
+    current = current_of(snapshot.current)
     split = {name: split_counters(fields) for name, fields in snapshot.windows.items()}
     per_window = {name: dims for name, (_, dims) in split.items()}
     kept = {dim: kept_values(per_window, dim, settings.label_cap) for dim in DIMS}

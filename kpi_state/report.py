@@ -44,6 +44,13 @@ def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[
     return total, dims
 
 
+def current_of(current_doc: Mapping[str, Any]) -> Current:
+    """What the ratios of a window need from the ``current`` part of the document."""
+    return Current(
+        active_customers=current_doc["active_customers"], open_deals=current_doc["pipeline"]["open_deals"]
+    )
+
+
 def format_instant(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -157,10 +164,7 @@ class KpiReader:
     ) -> list[dict[str, Any]]:
         """``evaluate_targets`` from summed bucket fields (a scrape's snapshot), building the
         window documents of the to-date windows only."""
-        current = Current(
-            active_customers=current_doc["active_customers"],
-            open_deals=current_doc["pipeline"]["open_deals"],
-        )
+        current = current_of(current_doc)
         docs = {w: self.window_document(fields[w], current) for w in ("mtd", "qtd", "ytd") if w in fields}
         return self.evaluate_targets(targets, as_of, docs, current_doc)
 
@@ -176,10 +180,7 @@ class KpiReader:
             read = set(asked) | needed_windows(targets, today, self._fiscal_start)
         per_window, cur = await self.window_fields(as_of, read)
         current_doc = self.current(cur)
-        current = Current(
-            active_customers=current_doc["active_customers"],
-            open_deals=current_doc["pipeline"]["open_deals"],
-        )
+        current = current_of(current_doc)
         docs = {name: self.window_document(fields, current) for name, fields in per_window.items()}
         return {
             "as_of": format_instant(as_of),

@@ -171,8 +171,11 @@ class KpiWorker:
                     selected = self.applier.select(messages)
                     # Only selected messages are ever acknowledged: a left-out one is read again by
                     # whoever owns its partition next, from the committed offset, which it holds back.
-                    chosen = {id(p.message) for p in selected}
-                    to_ack = [e for e in events if id(_message(e)) in chosen]
+                    if len(selected) == len(messages):  # the usual case: every message is ours
+                        to_ack = list(events)
+                    else:
+                        chosen = {id(p.message) for p in selected}
+                        to_ack = [e for e in events if id(_message(e)) in chosen]
                 except Exception as exc:  # a bug: do not let faust see the batch go by
                     hard_exit(EXIT_BATCH_FAILED, "worker.select_failed", error=repr(exc))
                 await queue.put((to_ack, selected))

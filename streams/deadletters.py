@@ -125,26 +125,26 @@ class ProducerDeadLetters:
         if not letters:
             return
         bounded = [letter.bounded() for letter in letters]
-        pending = [await self._send_one(letter) for letter in bounded]
+        pending = [await self._enqueue(letter) for letter in bounded]
         outcomes = await asyncio.gather(*pending, return_exceptions=True)
         for letter, outcome in zip(bounded, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                if not too_large(outcome):
+                if not too_large(outcome) or not letter.value:
                     raise outcome
-                await (await self._send_one(_emptied(letter)))
+                await (await self._enqueue(_emptied(letter)))
 
-    async def _send_one(self, letter: DeadLetter) -> Awaitable[object]:
+    async def _enqueue(self, letter: DeadLetter) -> Awaitable[object]:
+        """Hand ``letter`` to the producer (the result is its delivery); one the producer refuses
+        at once as too large goes without its value."""
         try:
-            future: Awaitable[object] = await self._producer.send(
+            delivery: Awaitable[object] = await self._producer.send(
                 self._topic, letter.key, letter.value, None, None, letter.headers()
             )
         except Exception as exc:
             if not too_large(exc) or not letter.value:
                 raise
-            future = await self._producer.send(
-                self._topic, letter.key, b"", None, None, _emptied(letter).headers()
-            )
-        return future
+            return await self._enqueue(_emptied(letter))
+        return delivery
 
 
 def _emptied(letter: DeadLetter) -> DeadLetter:

@@ -89,8 +89,9 @@ local function bump(key, field, v)
 end
 
 -- tb = {t, event_id, minute, hour, day, month}: an event's time, its tie-breaker and buckets.
--- The month is false in a tb stored before month buckets existed (layout v2): such a record
--- adds to and retracts from no month bucket, consistently.
+-- The month is absent (or false) in a tb stored before month buckets existed (the v1 layout,
+-- upgrade() in apply_records.lua): such a record adds to and retracts from no month bucket,
+-- consistently.
 local function tb_of(f) return { f.t, f.i, f.m, f.h, f.d, f.mo } end
 
 -- Code-point order of UTF-8 strings is their byte order; Lua's "<" uses the C locale

@@ -9,8 +9,8 @@
 -- before and after the statement is applied, and each part whose inputs changed is retracted
 -- with the old view and added with the new one. Unchanged parts cost nothing.
 --
--- Stored entity fields (msgpack, kept for the entity TTL; v = 3 marks this layout, v = 2 the
--- same without the month in tbs, outcomes and stage entries, upgraded on read):
+-- Stored entity fields (msgpack, kept for the entity TTL; v = 3 marks this layout, and a record
+-- without v is the v1 layout, read into this one by upgrade()):
 --   (a statement made by the record's creation event is {false, false, value}: its key is c)
 --   lead L:     c created tb | R, S, G {t, id, rep/source/segment} | q first qualified tb |
 --               X {t, id, deleted?} | dl ids of deals that ever named this lead
@@ -83,16 +83,7 @@ end
 -- Entities written before contract v2 are read into this layout once (best effort: a v1 deal
 -- kept no record of stage entries that named their rep, see docs/corrections.md).
 local function upgrade(kind, s)
-  if s.v == 3 then return s end
-  if s.v == 2 then
-    -- v2 -> v3: a month slot (false: no month bucket) after the day in outcomes and stage entries.
-    if s.O then table.insert(s.O, 6, false) end
-    if s.n then
-      for _, e in ipairs(s.n) do table.insert(e, 6, false) end
-    end
-    s.v = 3
-    return s
-  end
+  if s.v then return s end
   local n = { v = 3 }
   if kind == 'L' then
     n.c, n.q, n.dl = s.c, s.q, s.dl

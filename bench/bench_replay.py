@@ -21,8 +21,8 @@ import orjson
 
 from kpi_app.bootstrap import build_runtime
 from kpi_app.replay import Replayer
+from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.settings import Settings
-from streams.simulator import SimConfig, simulate_history
 
 
 def write_history(path: Path, n_events: int, seed: int = 7, corrections: bool = True) -> int:

@@ -57,9 +57,9 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kafka_baselines import Rate, bare_aiokafka_rate, bare_faust_rate
+from kpi_app.simulation import SimConfig, simulate_history
 from streams.broker import EmbeddedBroker, free_port
 from streams.producer import EventProducer, event_key
-from streams.simulator import SimConfig, simulate_history
 from streams.topics import ensure_topics
 
 PARTITIONS = 8
@@ -73,7 +73,7 @@ PROBE_POLL_SECONDS = 0.005  # Redis polling for probes: the resolution of a prob
 READY_TIMEOUT = 120.0
 APPLY_TIMEOUT = 300.0
 STOP_TIMEOUT = 45.0  # the supervisor gives its faust child 30 s, then SIGKILL
-EVENTS_PER_LEAD = 7.5  # the simulator's calibration (streams.simulator._EVENTS_PER_LEAD)
+EVENTS_PER_LEAD = 7.5  # the simulator's calibration (kpi_app.simulation._EVENTS_PER_LEAD)
 
 Message = tuple[bytes | None, bytes]
 
@@ -970,7 +970,7 @@ async def _run(
     batched = as_messages(events[-batch_events:], per_message)
     pool = events[-min(len(events), math.ceil(rate * seconds * 1.1)) :]  # re-stamped when sent
     report["data"] = {
-        "generator": "streams.simulator.simulate_history, 120 days ending a minute ago: the last events",
+        "generator": "kpi_app.simulation.simulate_history, 120 days ending a minute ago: the last events",
         "events_generated": len(events),
         "generate_seconds": round(time.perf_counter() - started, 1),
         "one_event_messages": len(single),

@@ -203,7 +203,7 @@ def simulate(
     Live: --history-days simulated days are backfilled first, then events are published in
     real time at about --rate events/s; --conversion-drop starts with the live phase.
     """
-    from streams.simulator import SimConfig, simulate_history
+    from kpi_app.simulation import SimConfig, simulate_history
 
     if output is None:
         settings = load_settings(kafka_url=kafka_url, topic=topic)
@@ -257,7 +257,7 @@ def serve(
 def _simulate_live(
     settings: Settings, config: Any, *, rate: float, duration: float | None, history_days: float
 ) -> None:
-    from streams.live import publish_live
+    from kpi_app.live import publish_live
 
     async def body() -> Any:
         stop = asyncio.Event()
@@ -296,7 +296,7 @@ def send(
 ) -> None:
     """Publish JSONL events to the topic; invalid lines are counted and skipped unless --raw."""
     from kpi_app.replay import make_progress
-    from streams.sender import send_files
+    from kpi_app.sender import send_files
 
     _require_files(files)
     settings = load_settings(kafka_url=kafka_url, topic=topic, message_batch=batch)
@@ -399,8 +399,8 @@ def demo(
     namespace: Annotated[str, typer.Option(help="key prefix of the demo (cleared at start)")] = "demo",
 ) -> None:
     """The live demo on the embedded default: broker, worker, simulator, wall page; Ctrl-C stops all."""
+    from kpi_app.demo import run_demo
     from streams.broker import free_port, port_is_free
-    from streams.demo import run_demo
 
     settings = load_settings(redis_url=redis_url, namespace=namespace)
     http_port = port if port and port_is_free("127.0.0.1", port) else free_port()

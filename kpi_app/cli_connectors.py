@@ -62,8 +62,8 @@ def import_csv(
     Applies to Redis directly (like `kpi replay`), or publishes with --kafka-url. Importing the
     same export again changes nothing; a later export sends what changed (docs/connectors.md).
     """
-    from kpi_app.connectors.csv_import import header, import_to_store, import_to_topic
-    from kpi_app.connectors.csv_mapping import ImportOptions, RowMapper, parse_column_map, parse_pairs
+    from connectors.csv_mapping import ImportOptions, RowMapper, parse_column_map, parse_pairs
+    from kpi_app.csv_import import header, import_to_store, import_to_topic
     from kpi_app.replay import make_progress
 
     if not file.is_file():

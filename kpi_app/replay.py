@@ -18,9 +18,9 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kpi_app.bootstrap import Runtime
+from kpi_app.jsonl import Line, read_lines
 from kpi_state.events import Event, Rejection
 from kpi_state.store import ApplyResult
-from streams.jsonl import Line, read_lines
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A stored webhook envelope (``kpi_app.hooks_web``) -> contract-v2 events and dead letters.
 
 Used by the faust agent of ``streams.hooks_worker``; no broker here, so it is tested directly on
-the real Redis. HubSpot's record state (``kpi_app.connectors.hubspot.DealState``) lives in Redis
+the real Redis. HubSpot's record state (``connectors.hubspot.DealState``) lives in Redis
 under ``<ns>:hs:D:<deal id>``, each attribute as ``<occurredAt ms>|<value>``; a merge keeps, per
 attribute, the value with the latest ``occurredAt`` (one atomic script call), so a retry or a
 redelivery merges nothing new and translates to the same events (the same ids).
@@ -17,9 +17,9 @@ import orjson
 import redis.asyncio as aioredis
 import structlog
 
-from kpi_app.connectors.common import StageMap, Translation, owner_map
-from kpi_app.connectors.hubspot import DealState, HubSpotMapper, parse_event
-from kpi_app.connectors.pipedrive import PipedriveMapper
+from connectors.common import StageMap, Translation, owner_map
+from connectors.hubspot import DealState, HubSpotMapper, parse_event
+from connectors.pipedrive import PipedriveMapper
 from kpi_state.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -26,11 +26,11 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kpi_app.bootstrap import build_runtime
+from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
 from streams.deadletters import read_headers
-from streams.simulator import SimConfig, simulate_history
 from streams.topics import partition_count
 from tests.conftest import new_settings, store_for
 

@@ -66,11 +66,11 @@ import yaml
 
 from kpi_app.bootstrap import build_runtime
 from kpi_app.cli import app as kpi_cli
+from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.events import REJECTION_REASONS, Rejection
 from kpi_state.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
 from streams.producer import EventProducer
-from streams.simulator import SimConfig, simulate_history
 from tests.conftest import new_settings
 from tests.promql_exprs import (
     DEFAULT_VARIABLES,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from kpi_app.connectors.common import StageMap, Translation, parse_time, vendor_id
-from kpi_app.connectors.hubspot import HubSpotEvent, HubSpotMapper, parse_event
-from kpi_app.connectors.pipedrive import PipedriveMapper
+from connectors.common import StageMap, Translation, parse_time, vendor_id
+from connectors.hubspot import HubSpotEvent, HubSpotMapper, parse_event
+from connectors.pipedrive import PipedriveMapper
 
 STAGES = ("prospecting", "qualification", "proposal", "negotiation")
 HS = HubSpotMapper(

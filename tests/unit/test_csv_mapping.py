@@ -1,4 +1,4 @@
-"""CSV row -> events (kpi_app.connectors.csv_mapping): pure, no Redis."""
+"""CSV row -> events (connectors.csv_mapping): pure, no Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kpi_app.connectors.csv_mapping import (
+from connectors.csv_mapping import (
     CsvField,
     ImportOptions,
     RowMapper,

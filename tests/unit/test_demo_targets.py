@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from kpi_app.demo_targets import sample_targets
+from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.settings import Settings
-from streams.demo_targets import sample_targets
-from streams.simulator import SimConfig, simulate_history
 
 
 def test_sample_targets_cover_this_month_and_quarter() -> None:

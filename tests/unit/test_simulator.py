@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from kpi_app.simulation import LiveSimulator, SimConfig, scaled_for_rate, simulate_history
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
-from streams.simulator import LiveSimulator, SimConfig, scaled_for_rate, simulate_history
 
 Event = dict[str, object]
 

@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 from rich.progress import Progress
 
+from kpi_app.jsonl import read_lines
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
 from kpi_state.store import FactBuilder
 from streams.broker import bootstrap_servers
-from streams.jsonl import read_lines
 from streams.producer import EventProducer, event_key
 from streams.topics import ensure_topics
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from kpi_app.connectors.common import StageMap, Translation, hashed_id, iso, parse_time, vendor_id
+from connectors.common import StageMap, Translation, hashed_id, iso, parse_time, vendor_id
 
 ACTIONS = {"create": "create", "added": "create", "change": "change", "updated": "change",
            "delete": "delete", "deleted": "delete", "merged": "delete"}  # fmt: skip

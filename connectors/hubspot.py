@@ -24,8 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from kpi_app.connectors.common import StageMap, Translation, hashed_id, iso, vendor_id
-from kpi_app.connectors.csv_mapping import RowError, parse_amount
+from connectors.common import StageMap, Translation, hashed_id, iso, vendor_id
+from connectors.csv_mapping import RowError, parse_amount
 
 # attribute -> (value, occurredAt in epoch ms)
 DealState = Mapping[str, tuple[str, int]]

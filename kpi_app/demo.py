@@ -35,11 +35,11 @@ from rich.live import Live
 from rich.table import Table
 
 from kpi_app.bootstrap import build_runtime
+from kpi_app.demo_targets import sample_targets
+from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.settings import Settings
 from kpi_state.targets import Target
 from streams.broker import EmbeddedBroker, free_port
-from streams.demo_targets import sample_targets
-from streams.simulator import SimConfig, simulate_history
 
 log = structlog.get_logger(__name__)
 

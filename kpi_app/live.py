@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from kpi_app.simulation import LiveSimulator, SimConfig, scaled_for_rate
 from kpi_state.settings import Settings
 from streams.broker import bootstrap_servers
 from streams.producer import EventProducer
-from streams.simulator import LiveSimulator, SimConfig, scaled_for_rate
 from streams.topics import ensure_topics
 
 log = structlog.get_logger(__name__)

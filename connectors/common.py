@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kpi_app.connectors.csv_mapping import parse_pairs
+from connectors.csv_mapping import parse_pairs
 
 OUTCOMES = ("won", "lost")
 

@@ -27,8 +27,8 @@ from typing import IO, Any
 import orjson
 from rich.progress import Progress
 
+from connectors.csv_mapping import RowMapper, Skip
 from kpi_app.bootstrap import Runtime
-from kpi_app.connectors.csv_mapping import RowMapper, Skip
 from kpi_state.events import Event, EventParser, Rejection
 from kpi_state.settings import Settings
 from kpi_state.store import FactBuilder, Outcome

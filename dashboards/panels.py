@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from string import ascii_uppercase
 
 from grafana_foundation_sdk.builders import bargauge, common, prometheus, stat, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -58,8 +59,10 @@ def targets(
     queries: Sequence[Query], *, instant: bool, table: bool = False
 ) -> list[Builder[variants.Dataquery]]:
     """Queries with refIds A, B, ...: instant (the value now) or range (a time series)."""
+    if len(queries) > len(ascii_uppercase):
+        raise ValueError(f"a panel takes at most {len(ascii_uppercase)} queries")
     out: list[Builder[variants.Dataquery]] = []
-    for ref_id, query in zip("ABCDEFGH", queries, strict=False):
+    for ref_id, query in zip(ascii_uppercase, queries, strict=False):
         target = (
             prometheus.Dataquery()
             .datasource(DATASOURCE)
@@ -72,8 +75,6 @@ def targets(
         if query.legend is not None:
             target = target.legend_format(query.legend)
         out.append(target)
-    if len(out) != len(queries):
-        raise ValueError("a panel takes at most 8 queries")
     return out
 
 

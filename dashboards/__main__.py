@@ -1,0 +1,7 @@
+"""``python -m dashboards`` (``make dashboards``): regenerate grafana/dashboards/*.json."""
+
+import sys
+
+from dashboards.render import main
+
+sys.exit(main())

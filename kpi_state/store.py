@@ -96,7 +96,7 @@ class KpiStore:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._redis = client
         self.layout = KeyLayout(settings.namespace)
-        self.prefix = self.layout.prefix
+        self.prefix = self.layout.prefix  # ARGV[1] of the apply script
         self._facts = FactBuilder(settings)
         self._script = client.register_script(APPLY_SCRIPT)
         self._sum_script = client.register_script(SUM_SCRIPT)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from kpi_state.events import MAX_AMOUNT, EventParser, Rejection
 from kpi_state.settings import Settings
 
@@ -43,3 +45,12 @@ def test_amounts_up_to_the_limit_pass_and_above_it_are_refused() -> None:
     # An event without an amount has nothing to refuse.
     lead = {"event_id": "l1", "type": "lead.created", "occurred_at": "2026-03-01T09:30:00Z", "lead_id": "L1"}
     assert amount_error(parser, lead) is None
+
+
+def test_kpi_send_refuses_the_same_amounts() -> None:
+    """`kpi send` validates each line before it publishes (kpi_app.sender), with the same limit."""
+    from kpi_app.sender import _Validator
+
+    validate = _Validator(Settings())
+    assert validate(orjson.dumps(event(amount=2e9))) == REFUSED
+    assert validate(orjson.dumps(event(amount=MAX_AMOUNT))) == event(amount=MAX_AMOUNT)

@@ -22,6 +22,7 @@ import orjson
 from kpi_app.bootstrap import build_runtime
 from kpi_app.replay import Replayer
 from kpi_app.simulation import SimConfig, simulate_history
+from kpi_state.keys import ENTITY_KINDS
 from kpi_state.settings import Settings
 
 
@@ -71,14 +72,15 @@ async def _run(redis_url: str, n_events: int, corrections: bool = True) -> dict[
                 own_cpu = time.process_time() - own_cpu
                 redis_cpu = await _redis_cpu_seconds(runtime.redis) - redis_cpu
             after = (await runtime.redis.info("memory"))["used_memory"]
-            seen = await _memory_of(runtime.redis, f"{settings.namespace}:seen:*")
+            layout = runtime.store.layout
+            seen = await _memory_of(runtime.redis, layout.seen_pattern)
             buckets = 0
             for kind in ("m", "h", "d"):
-                buckets += await _memory_of(runtime.redis, f"{settings.namespace}:{kind}:*")
-            buckets += await _memory_of(runtime.redis, f"{settings.namespace}:all")
+                buckets += await _memory_of(runtime.redis, layout.bucket_pattern(kind))
+            buckets += await _memory_of(runtime.redis, layout.all)
             entities = 0
-            for kind in ("L", "D", "C"):
-                entities += await _memory_of(runtime.redis, f"{settings.namespace}:{kind}:*")
+            for entity in ENTITY_KINDS:
+                entities += await _memory_of(runtime.redis, layout.entity_pattern(entity))
             # A second replay of the same file: everything is a duplicate.
             with open(Path(tmp) / "rejects2.jsonl", "wb") as rejects:  # noqa: ASYNC230 - bench setup
                 again = Replayer(runtime, rejects)

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from bench.stats import nearest_rank
 from kpi_state.collector import kpi_families, read_snapshot, render_metrics, render_text
 from kpi_state.events import Event, EventParser, Rejection
 from kpi_state.opmetrics import OpMetrics
@@ -141,12 +141,6 @@ def bench_targets(now: datetime) -> list[Target]:
     return out
 
 
-def _quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile (with 20 runs, p99 is the slowest run)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
     settings = Settings(redis_url=redis_url, namespace=f"bench-scrape-{uuid.uuid4().hex[:12]}")
     client = aioredis.Redis.from_url(settings.redis_url)
@@ -197,20 +191,20 @@ async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
             "events": events,
             "fill_seconds": round(fill_s, 2),
             "runs": runs,
-            "p50_ms": round(_quantile(ms, 0.5), 1),
-            "p99_ms": round(_quantile(ms, 0.99), 1),
+            "p50_ms": round(nearest_rank(ms, 0.5), 1),
+            "p99_ms": round(nearest_rank(ms, 0.99), 1),
             "min_ms": round(min(ms), 1),
-            "client_cpu_p50_ms": round(_quantile(cpu, 0.5) * 1000, 1),
-            "read_p50_ms": round(_quantile(reads, 0.5) * 1000, 1),
-            "build_p50_ms": round(_quantile(builds, 0.5) * 1000, 1),
-            "encode_p50_ms": round(_quantile(encodes, 0.5) * 1000, 1),
+            "client_cpu_p50_ms": round(nearest_rank(cpu, 0.5) * 1000, 1),
+            "read_p50_ms": round(nearest_rank(reads, 0.5) * 1000, 1),
+            "build_p50_ms": round(nearest_rank(builds, 0.5) * 1000, 1),
+            "encode_p50_ms": round(nearest_rank(encodes, 0.5) * 1000, 1),
             "series": series,
             "targets": target_series,
             "bytes": len(body),
             "label_values_1h": by_dim,
             "dense": dense,
             "target_ms": TARGET_MS,
-            "ok": _quantile(ms, 0.99) < TARGET_MS,
+            "ok": nearest_rank(ms, 0.99) < TARGET_MS,
         }
     finally:
         try:

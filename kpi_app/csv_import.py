@@ -31,7 +31,7 @@ from connectors.csv_mapping import RowMapper, Skip
 from kpi_app.bootstrap import Runtime
 from kpi_state.events import Event, EventParser, Rejection
 from kpi_state.settings import Settings
-from kpi_state.store import FactBuilder, Outcome
+from kpi_state.store import Outcome
 
 SHOWN_PROBLEMS = 10  # skipped or refused rows printed by the command (all are in the rejects file)
 
@@ -91,13 +91,12 @@ class _Validator:
 
     def __init__(self, settings: Settings) -> None:
         self._parser = EventParser(settings)
-        self._facts = FactBuilder(settings)
 
     def __call__(self, event: dict[str, Any], now: datetime) -> Event | Rejection:
         outcome = self._parser.parse_object(event, now)
         if isinstance(outcome, Rejection):
             return outcome
-        return self._facts.amount_error(outcome) or outcome
+        return self._parser.amount_error(outcome) or outcome
 
 
 class Importer:

@@ -64,7 +64,6 @@ from kpi_app.guards import RateLimiter, bearer, header_bytes, retry_after, secre
 from kpi_app.publishing import BrokerProbe, Publisher
 from kpi_state.events import Rejection
 from kpi_state.opmetrics import OpMetrics
-from kpi_state.store import FactBuilder
 
 log = structlog.get_logger(__name__)
 
@@ -164,7 +163,6 @@ class Ingest:
     ) -> None:
         self._settings = runtime.settings
         self._parser = runtime.parser
-        self._facts = FactBuilder(runtime.settings)
         self._publisher = publisher
         self._ops = ops
         self._probe = probe
@@ -363,7 +361,7 @@ class Ingest:
             outcome = item if isinstance(item, Rejection) else self._parser.parse_object(item, now)
             if not isinstance(outcome, Rejection):
                 # The store refuses amounts it cannot keep exactly: say so now, not in the dead letters.
-                outcome = self._facts.amount_error(outcome) or outcome
+                outcome = self._parser.amount_error(outcome) or outcome
             if isinstance(outcome, Rejection):
                 verdict.refuse(index, line, outcome, keep)
             else:

@@ -25,7 +25,6 @@ from rich.progress import Progress
 from kpi_app.jsonl import read_lines
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
-from kpi_state.store import FactBuilder
 from streams.broker import bootstrap_servers
 from streams.producer import EventProducer, event_key
 from streams.topics import ensure_topics
@@ -61,7 +60,6 @@ def _raw_key(line: bytes) -> bytes | None:
 class _Validator:
     def __init__(self, settings: Settings) -> None:
         self._parser = EventParser(settings)
-        self._facts = FactBuilder(settings)
         self._now = datetime.now(UTC)
         self._count = 0
 
@@ -75,7 +73,7 @@ class _Validator:
             return Rejection("invalid_json", None, str(exc))
         outcome = self._parser.parse_object(obj, self._now)
         if not isinstance(outcome, Rejection):
-            outcome = self._facts.amount_error(outcome) or outcome
+            outcome = self._parser.amount_error(outcome) or outcome
         if isinstance(outcome, Rejection):
             return outcome
         assert isinstance(obj, dict)  # parse_object accepts only objects

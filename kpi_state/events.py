@@ -377,6 +377,11 @@ def message_elements(raw: bytes, indices: Iterable[int | None]) -> list[bytes]:
     return out
 
 
+# Largest amount accepted per event. The store's scripts need every single contribution below
+# 2^52 in magnitude (sums of any size stay exact): 1e9 is 1e15 micro-units.
+MAX_AMOUNT = 1e9
+
+
 class EventParser:
     """Validation of raw inputs against DESIGN section 2 and the configuration."""
 
@@ -457,6 +462,16 @@ class EventParser:
         if currency is not None and currency != self._currency and currency not in self._rates:
             return Rejection("unknown_currency", "currency", f"no rate configured for {currency}")
         return event
+
+    def amount_error(self, event: Event) -> Rejection | None:
+        """The store's amount limit (``MAX_AMOUNT`` in the reporting currency), separate from
+        ``parse_object`` because the worker and replay leave it to the store (KpiStore.prepare)."""
+        if not isinstance(event, MONEY_EVENTS) or event.amount is None:
+            return None
+        value = self.amount_in_reporting(event.amount, event.currency)
+        if not math.isfinite(value) or value > MAX_AMOUNT:
+            return Rejection("invalid_amount", "amount", f"amount above the supported maximum {MAX_AMOUNT:g}")
+        return None
 
     def amount_in_reporting(self, amount: float, currency: str | None) -> float:
         if currency is None or currency == self._currency:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kpi_state import kpis
+from kpi_state import keys, kpis
 from kpi_state.kpis import DIM_CODES, DIM_KEYS, Current, Dim
 from kpi_state.periods import CALENDAR_WINDOWS, calendar_groups
 from kpi_state.settings import Settings
@@ -34,11 +34,11 @@ def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[
     total: Counters = {}
     dims: dict[Dim, dict[str, Counters]] = {"rep": {}, "source": {}, "segment": {}}
     for name, value in fields.items():
-        code, sep, rest = name.partition("|")
-        if not sep:
-            total[code] = value
+        parts = keys.split_field(name)
+        if parts is None:
+            total[name] = value
             continue
-        dim_code, _, dim_value = rest.partition("|")
+        code, dim_code, dim_value = parts
         per_value = dims[DIM_CODES[dim_code]].setdefault(dim_value, {})
         per_value[code] = value
     return total, dims
@@ -88,19 +88,20 @@ class KpiReader:
         order: list[str] = []
         for gran, nested in by_granularity.items():
             if gran == "all":
-                groups.append((["all"], [1], 0))
+                groups.append(([keys.ALL], [1], 0))
             else:
                 longest = max(nested, key=lambda w: w.buckets)
                 starts = self._clock.window_buckets(longest, as_of)
-                groups.append(([f"{gran}:{start}" for start in starts], [w.buckets for w in nested], 0))
+                names = [keys.bucket_name(gran, start) for start in starts]
+                groups.append((names, [w.buckets for w in nested], 0))
             order.extend(w.name for w in nested)
         calendar = set(CALENDAR_WINDOWS) if wanted is None else wanted & set(CALENDAR_WINDOWS)
         today = as_of.astimezone(self._tz).date()
         for group in calendar_groups(calendar, today, self._fiscal_start):
-            names = [f"{kind}:{self._clock.local_midnight(day)}" for kind, day in group.keys]
+            names = [keys.bucket_name(kind, self._clock.local_midnight(day)) for kind, day in group.keys]
             groups.append((names, [cut for _, cut in group.cuts], group.minus))
             order.extend(name for name, _ in group.cuts)
-        groups.append((["cur"], [1], 0))
+        groups.append(([keys.CURRENT], [1], 0))
         sums = await self._store.sum_windows(groups)
         return dict(zip(order, sums[:-1], strict=True)), sums[-1]
 
@@ -110,14 +111,14 @@ class KpiReader:
         value = 0
         weighted = 0.0
         for stage in self._stages:
-            n = cur.get(f"po|{stage}", 0)
-            v = cur.get(f"pv|{stage}", 0)
+            n = cur.get(keys.open_deals_field(stage), 0)
+            v = cur.get(keys.pipeline_value_field(stage), 0)
             open_deals += n
             value += v
             weighted += kpis.money(v) * self._probabilities[stage]
             by_stage[stage] = {"open_deals": n, "value": kpis.money(v)}
         return {
-            "active_customers": cur.get("ac", 0),
+            "active_customers": cur.get(keys.ACTIVE_CUSTOMERS, 0),
             "pipeline": {
                 "open_deals": open_deals,
                 "value": kpis.money(value),
@@ -195,7 +196,7 @@ def dimension_values(fields: Mapping[str, int]) -> dict[str, set[str]]:
     """Distinct dimension values present in a set of bucket fields (for label capping)."""
     out: dict[str, set[str]] = defaultdict(set)
     for name in fields:
-        parts = name.split("|", 2)
-        if len(parts) == 3:
+        parts = keys.split_field(name)
+        if parts is not None:
             out[DIM_CODES[parts[1]]].add(parts[2])
     return out

@@ -1,31 +1,16 @@
-"""The one adapter that knows Redis: key layout, the apply script, and raw reads.
+"""The one adapter that knows Redis: the apply and sum scripts, and raw reads.
 
-Key layout under the namespace prefix ``<ns>:`` (see lua/apply.lua for writes):
-
-- ``m:<start>``, ``h:<start>``, ``d:<start>``: hash per minute/hour/day bucket, fields
-  ``<counter>`` (total) and ``<counter>|<r|s|g>|<value>`` (by rep/source/segment), values
-  exact decimal integers of any size; expire after their window plus a margin.
-- ``mo:<start>``: the same per calendar month (``start``: local midnight of its 1st), for the
-  calendar windows (kpi_state/periods.py); kept for two fiscal years.
-- ``all``: the same fields for lifetime totals, never expires.
-- ``cur``: not-windowed state: ``ac`` active customers, ``po|<stage>`` open deals,
-  ``pv|<stage>`` open pipeline value (micro-units).
-- ``L:<lead>``, ``D:<deal>``, ``C:<customer>``: msgpack join state per entity (dimension
-  values stored as their labels, see ``dv:``).
-- ``dv:r``, ``dv:s``, ``dv:g``: set of the rep / source / segment values admitted by the
-  write-time dimension cap (``Settings.dimension_cap``); later values count as ``other``.
-- ``seen:<event_id>``: de-duplication marks (TTL); ``wm``: newest event time seen;
-  ``offsets``: per-partition Kafka offset watermarks.
+The key layout is kpi_state/keys.py; the facts the apply script reads are built by
+kpi_state/facts.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Any
 
 import msgpack
 import orjson
@@ -34,16 +19,10 @@ import structlog
 
 from kpi_state import events as ev
 from kpi_state.events import Rejection
-from kpi_state.kpis import MICROS
+from kpi_state.facts import FactBuilder
+from kpi_state.keys import KeyLayout
 from kpi_state.settings import Settings
-from kpi_state.windows import (
-    LONGEST_BUCKETS,
-    MONTH_BUCKETS_KEPT,
-    MONTH_NOMINAL_SECONDS,
-    NOMINAL_SECONDS,
-    BucketClock,
-    epoch_micros,
-)
+from kpi_state.windows import LONGEST_BUCKETS, MONTH_BUCKETS_KEPT, MONTH_NOMINAL_SECONDS, NOMINAL_SECONDS
 
 log = structlog.get_logger(__name__)
 
@@ -66,32 +45,8 @@ APPLY_PARTS = (
 APPLY_SCRIPT = "".join(lua_source(name) for name in APPLY_PARTS)
 SUM_SCRIPT = lua_source("wide.lua") + lua_source("sum_windows.lua")
 
-# Largest amount accepted per event. The scripts need every single contribution below 2^52
-# in magnitude (sums of any size stay exact): 1e9 is 1e15 micro-units.
-MAX_AMOUNT = 1e9
-
 # The order of the fold counts apply.lua returns.
 FOLDED_DIMENSIONS = ("rep", "source", "segment")
-
-_TYPE_CODES = {
-    "lead.created": "LC",
-    "lead.qualified": "LQ",
-    "deal.created": "DC",
-    "deal.stage_changed": "DS",
-    "deal.won": "DW",
-    "deal.lost": "DL",
-    "spend.recorded": "SP",
-    "revenue.recorded": "RR",
-    "customer.churned": "CH",
-    "survey.answered": "SV",
-    "lead.updated": "LU",
-    "lead.deleted": "LX",
-    "lead.restored": "LR",
-    "deal.updated": "DU",
-    "deal.reopened": "DO",
-    "deal.deleted": "DX",
-    "deal.restored": "DR",
-}
 
 
 @dataclass(frozen=True)
@@ -135,189 +90,13 @@ class PreparedBatch:
     args: list[bytes | str] | None  # script arguments; None when there is nothing to send
 
 
-def _micros(amount: float) -> int:
-    return round(amount * MICROS)
-
-
-class FactBuilder:
-    """Turns validated events into the compact facts apply.lua reads (bucket ids precomputed,
-    money in integer micro-units of the reporting currency, defaults filled in)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._clock = BucketClock(settings.tz)
-        self._parser = ev.EventParser(settings)
-        self._first_stage = settings.stage_names[0]
-        self._margin = settings.default_gross_margin
-        self._currency = settings.currency
-
-    def amount_error(self, event: ev.Event) -> Rejection | None:
-        if not isinstance(event, ev.MONEY_EVENTS) or event.amount is None:
-            return None
-        value = self._parser.amount_in_reporting(event.amount, event.currency)
-        if not math.isfinite(value) or value > MAX_AMOUNT:
-            return Rejection("invalid_amount", "amount", f"amount above the supported maximum {MAX_AMOUNT:g}")
-        return None
-
-    def _amount(self, event: ev.MoneyEvent) -> int:
-        assert event.amount is not None
-        return _micros(self._parser.amount_in_reporting(event.amount, event.currency))
-
-    def _deal_amount(
-        self, e: ev.DealCreated | ev.DealStageChanged | ev.DealWon | ev.DealUpdated, f: dict[str, Any]
-    ) -> None:
-        """A deal's amount statement: ``a`` in reporting micro-units; in another currency also the
-        raw micro-units ``ar`` and the rate ``rt``, so a later currency-only statement can
-        re-express the same number (apply.lua ``amount_now``)."""
-        if e.amount is None:
-            return
-        f["a"] = self._amount(e)
-        if e.currency is not None and e.currency != self._currency:
-            f["ar"] = _micros(e.amount)
-            f["rt"] = self._parser.amount_in_reporting(1.0, e.currency)
-
-    def fact(self, event: ev.Event) -> dict[str, Any]:
-        micros = epoch_micros(event.occurred_at)
-        b = self._clock.bucket_ids(event.occurred_at, micros)
-        f: dict[str, Any] = {
-            "i": event.event_id,
-            "y": _TYPE_CODES[event.type],
-            "t": micros,
-            "m": str(b.minute),
-            "h": str(b.hour),
-            "d": str(b.day),
-            "mo": str(b.month),
-        }
-        self._fields[type(event)](self, event, f)
-        return f
-
-    # Type-specific fields, dispatched on the exact class (a match over ten classes costs more
-    # per event than the rest of the fact). apply.lua tests flags for truth, so a false flag is
-    # left out rather than sent.
-
-    def _lead_created(self, e: ev.LeadCreated, f: dict[str, Any]) -> None:
-        f["l"] = e.lead_id
-        f["r"] = e.rep_id or "unassigned"
-        f["s"] = e.source or "unknown"
-        f["g"] = e.segment or "unknown"
-
-    def _lead_qualified(self, e: ev.LeadQualified, f: dict[str, Any]) -> None:
-        f["l"] = e.lead_id
-
-    def _deal_created(self, e: ev.DealCreated, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-        if e.rep_id is not None:
-            f["r"] = e.rep_id
-        self._deal_amount(e, f)
-        f["st"] = e.stage or self._first_stage
-        if e.lead_id is not None:
-            f["l"] = e.lead_id
-
-    def _deal_stage_changed(self, e: ev.DealStageChanged, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-        f["st"] = e.to_stage
-        if e.rep_id is not None:
-            f["r"] = e.rep_id
-        self._deal_amount(e, f)
-
-    def _deal_won(self, e: ev.DealWon, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-        f["c"] = e.customer_id
-        f["r"] = e.rep_id
-        self._deal_amount(e, f)
-        if e.lead_id is not None:
-            f["l"] = e.lead_id
-
-    def _deal_lost(self, e: ev.DealLost, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-        f["r"] = e.rep_id
-        if e.lead_id is not None:
-            f["l"] = e.lead_id
-
-    def _spend_recorded(self, e: ev.SpendRecorded, f: dict[str, Any]) -> None:
-        f["a"] = self._amount(e)
-        f["cat"] = e.category
-        f["s"] = e.source or "unknown"
-
-    def _revenue_recorded(self, e: ev.RevenueRecorded, f: dict[str, Any]) -> None:
-        amount = self._parser.amount_in_reporting(e.amount, e.currency)
-        margin = self._margin if e.gross_margin is None else e.gross_margin
-        f["c"] = e.customer_id
-        f["a"] = _micros(amount)
-        f["x"] = _micros(amount * margin)
-
-    def _customer_churned(self, e: ev.CustomerChurned, f: dict[str, Any]) -> None:
-        f["c"] = e.customer_id
-
-    def _survey_answered(self, e: ev.SurveyAnswered, f: dict[str, Any]) -> None:
-        f["kind"] = e.kind
-        if e.kind == "nps":
-            if e.score >= 9:
-                f["p"] = True
-            if e.score <= 6:
-                f["q"] = True
-        elif e.score >= 4:
-            f["p"] = True
-
-    def _lead_updated(self, e: ev.LeadUpdated, f: dict[str, Any]) -> None:
-        f["l"] = e.lead_id
-        if e.rep_id is not None:
-            f["r"] = e.rep_id
-        if e.source is not None:
-            f["s"] = e.source
-        if e.segment is not None:
-            f["g"] = e.segment
-
-    def _lead_only(self, e: ev.LeadDeleted | ev.LeadRestored, f: dict[str, Any]) -> None:
-        f["l"] = e.lead_id
-
-    def _deal_updated(self, e: ev.DealUpdated, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-        if e.rep_id is not None:
-            f["r"] = e.rep_id
-        if e.lead_id is not None:
-            f["l"] = e.lead_id
-        if e.amount is not None:
-            self._deal_amount(e, f)
-        elif e.currency is not None:  # the same number, in another currency from now on
-            f["cu"] = self._parser.amount_in_reporting(1.0, e.currency)
-
-    def _deal_reopened(self, e: ev.DealReopened, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-        if e.stage is not None:
-            f["st"] = e.stage
-        if e.rep_id is not None:
-            f["r"] = e.rep_id
-
-    def _deal_only(self, e: ev.DealDeleted | ev.DealRestored, f: dict[str, Any]) -> None:
-        f["k"] = e.deal_id
-
-    _fields: ClassVar[dict[type, Callable[[FactBuilder, Any, dict[str, Any]], None]]] = {
-        ev.LeadCreated: _lead_created,
-        ev.LeadQualified: _lead_qualified,
-        ev.DealCreated: _deal_created,
-        ev.DealStageChanged: _deal_stage_changed,
-        ev.DealWon: _deal_won,
-        ev.DealLost: _deal_lost,
-        ev.SpendRecorded: _spend_recorded,
-        ev.RevenueRecorded: _revenue_recorded,
-        ev.CustomerChurned: _customer_churned,
-        ev.SurveyAnswered: _survey_answered,
-        ev.LeadUpdated: _lead_updated,
-        ev.LeadDeleted: _lead_only,
-        ev.LeadRestored: _lead_only,
-        ev.DealUpdated: _deal_updated,
-        ev.DealReopened: _deal_reopened,
-        ev.DealDeleted: _deal_only,
-        ev.DealRestored: _deal_only,
-    }
-
-
 class KpiStore:
     """Atomic batch writes and raw reads of the KPI state in one namespace."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._redis = client
-        self.prefix = f"{settings.namespace}:"
+        self.layout = KeyLayout(settings.namespace)
+        self.prefix = self.layout.prefix  # ARGV[1] of the apply script
         self._facts = FactBuilder(settings)
         self._script = client.register_script(APPLY_SCRIPT)
         self._sum_script = client.register_script(SUM_SCRIPT)
@@ -435,7 +214,7 @@ class KpiStore:
                 raise ValueError(f"cuts {list(cuts)} must increase up to the group size {len(names)}")
             if minus < 0 or any(cut > len(names) - minus for cut in cuts[:-1]) or minus > len(names):
                 raise ValueError(f"the last {minus} keys of a group subtract only in its last cut")
-            keys.extend(self.prefix + name for name in names)
+            keys.extend(self.layout.key(name) for name in names)
             args.append(len(cuts))
             args.extend(cuts)
             args.append(minus)
@@ -443,14 +222,23 @@ class KpiStore:
         return [{_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in replies]
 
     async def offsets(self) -> dict[str, int]:
-        raw = await self._redis.hgetall(self.prefix + "offsets")
+        """The per-partition offset watermarks (streams/offsets.py)."""
+        raw = await self._redis.hgetall(self.layout.offsets)
         return {_text(k): int(v) for k, v in raw.items()}
+
+    async def watermarks(self, fields: Iterable[str]) -> dict[str, int | None]:
+        """The offset watermarks of ``fields``; None for a field that is not set."""
+        names = list(fields)
+        if not names:
+            return {}
+        raw = await self._redis.hmget(self.layout.offsets, names)
+        return {f: None if v is None else int(v) for f, v in zip(names, raw, strict=True)}
 
     async def clear(self) -> int:
         """Delete every key of the namespace (tests, `kpi replay --reset`)."""
         deleted = 0
         batch: list[bytes] = []
-        async for key in self._redis.scan_iter(match=self.prefix + "*", count=1000):
+        async for key in self._redis.scan_iter(match=self.layout.everything, count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += await self._redis.unlink(*batch)

@@ -1,4 +1,4 @@
-"""Where targets live: one key ``<ns>:targets`` holding the whole set as a JSON list, replaced
+"""Where targets live: one key (``KeyLayout.targets``) holding the whole set as a JSON list, replaced
 atomically (one SET), so every process reads the same set and a load is all or nothing."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from kpi_state.targets import TARGET_LIST, Target
 class TargetStore:
     def __init__(self, store: KpiStore) -> None:
         self._redis = store.redis
-        self.key = store.prefix + "targets"
+        self.key = store.layout.targets
 
     async def replace(self, targets: Sequence[Target]) -> None:
         """Replace the whole set (validated before: see targets.validate_targets)."""

@@ -2,7 +2,8 @@
 
 Used by the faust agent of ``streams.hooks_worker``; no broker here, so it is tested directly on
 the real Redis. HubSpot's record state (``connectors.hubspot.DealState``) lives in Redis
-under ``<ns>:hs:D:<deal id>``, each attribute as ``<occurredAt ms>|<value>``; a merge keeps, per
+under ``KeyLayout.hubspot_deal`` (kpi_state/keys.py), each attribute as ``<occurredAt ms>|<value>``
+(a value encoding private to ``MERGE_NEWER``, not a key or field name); a merge keeps, per
 attribute, the value with the latest ``occurredAt`` (one atomic script call), so a retry or a
 redelivery merges nothing new and translates to the same events (the same ids).
 """
@@ -20,6 +21,7 @@ import structlog
 from connectors.common import StageMap, Translation, owner_map
 from connectors.hubspot import DealState, HubSpotMapper, parse_event
 from connectors.pipedrive import PipedriveMapper
+from kpi_state.keys import KeyLayout
 from kpi_state.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -59,7 +61,7 @@ class Translated:
 class HubSpotStates:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self._redis = redis
-        self._prefix = f"{settings.namespace}:hs:D:"
+        self._layout = KeyLayout(settings.namespace)
         self._ttl = settings.entity_retention_seconds
         self._script = redis.register_script(MERGE_NEWER)
 
@@ -67,7 +69,7 @@ class HubSpotStates:
         args: list[str | int] = [self._ttl]
         for name, value in updates.items():
             args += [name, occurred_ms, value]
-        flat = await self._script(keys=[self._prefix + deal], args=args)
+        flat = await self._script(keys=[self._layout.hubspot_deal(deal)], args=args)
         state: dict[str, tuple[str, int]] = {}
         for name, stored in zip(flat[::2], flat[1::2], strict=True):
             ts, _, value = stored.decode().partition("|")

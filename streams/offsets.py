@@ -61,10 +61,6 @@ def rewind_target(stored: int | None, committed: int | None) -> int | None:
     return target if target < committed else None
 
 
-def decode_watermarks(fields: Sequence[str], raw: Sequence[bytes | str | None]) -> dict[str, int | None]:
-    return {f: None if v is None else int(v) for f, v in zip(fields, raw, strict=True)}
-
-
 class WatermarkLedger:
     """The watermarks this process knows to be in Redis, per field.
 
@@ -117,8 +113,7 @@ class PinnedRedis:
         # A store whose script calls go through the pinned connection (immediate mode while
         # WATCHing: the script runs at once and returns its reply, never queued in a MULTI).
         self._store = KpiStore(self._pipe, settings)
-        self._offsets_key = self._store.prefix + "offsets"
-        self._guard_key = f"{self._store.prefix}pin:{uuid.uuid4().hex}"  # never written
+        self._guard_key = self._store.layout.pin(uuid.uuid4().hex)  # never written
 
     async def __aenter__(self) -> Self:
         await self._pipe.watch(self._guard_key)
@@ -133,11 +128,7 @@ class PinnedRedis:
         await self._pipe.aclose()  # UNWATCH and give the connection back; the pipeline stays usable
 
     async def watermarks(self, fields: Iterable[str]) -> dict[str, int | None]:
-        names = list(fields)
-        if not names:
-            return {}
-        raw = await self._pipe.hmget(self._offsets_key, names)
-        return decode_watermarks(names, raw)
+        return await self._store.watermarks(fields)
 
     def prepare(self, events: Sequence[Event | SourcedEvent], marks: Mapping[str, int]) -> PreparedBatch:
         return self._store.prepare(events, marks)
@@ -150,8 +141,4 @@ async def read_watermarks(
     client: aioredis.Redis, settings: Settings, fields: Iterable[str]
 ) -> dict[str, int | None]:
     """The stored watermarks of ``fields``, on any connection (a check, not part of an apply)."""
-    names = list(fields)
-    if not names:
-        return {}
-    raw = await client.hmget(f"{settings.namespace}:offsets", names)
-    return decode_watermarks(names, raw)
+    return await KpiStore(client, settings).watermarks(fields)

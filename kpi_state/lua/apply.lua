@@ -8,12 +8,12 @@
 --
 -- KEYS: none. Every key is "<ARGV[1]><kind>:<id>" in one namespace (standalone Redis,
 --       not Cluster: the joins touch keys that cannot be declared up front).
--- ARGV[1] key prefix, e.g. "kpi:"
+-- ARGV[1] key prefix, e.g. "kpi:" (KeyLayout.prefix; the names below it: kpi_state/keys.py)
 -- ARGV[2] JSON config {keep={m=,h=,d=,mo=} seconds a bucket is kept after its start, measured
 --         against the newest event time; grace = extra seconds of processing time;
 --         dttl = de-duplication TTL; ettl = entity TTL; cap = distinct values admitted per
 --         dimension}
--- ARGV[3] msgpack array of facts (built by store.py; msgpack decodes ~2x faster than JSON), each:
+-- ARGV[3] msgpack array of facts (built by facts.py; msgpack decodes ~2x faster than JSON), each:
 --         i event_id, y type code, t occurred_at (epoch us), m/h/d/mo bucket starts (epoch s, as
 --         strings: number-to-string conversion in Lua costs a microsecond per key),
 --         type fields (l lead, k deal, c customer, r rep, s source, g segment,

@@ -3,7 +3,7 @@
 --
 -- Lua numbers are doubles, exact for integers below 2^53 only, and string.format('%d') wraps
 -- past 2^63. Counters therefore add in doubles only while that is provably exact: every
--- single contribution is below 2^52 in magnitude (store.py bounds amounts; cycle times are
+-- single contribution is below 2^52 in magnitude (events.py bounds amounts; cycle times are
 -- bounded by the timestamp bounds), a running double sum is moved into a wide integer as
 -- soon as it reaches W_SPILL = 2^52, so a double sum never exceeds 2^53; a stored counter of
 -- more than W_SHORT characters (possibly 1e15 or more) is read as a wide integer.

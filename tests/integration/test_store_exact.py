@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from kpi_state.events import EVENT_ADAPTER, Event
+from kpi_state.events import EVENT_ADAPTER, MAX_AMOUNT, Event
 from kpi_state.report import KpiReader
-from kpi_state.store import MAX_AMOUNT, lua_source
+from kpi_state.store import lua_source
 from tests.conftest import REDIS_URL, SettingsFactory, StoreOpener
 from tests.reference import assert_documents_match, reference_document
 

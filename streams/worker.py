@@ -49,11 +49,13 @@ from kpi_state.events import EventParser
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
-from streams.batch import BatchApplier, ParsedMessage
+from streams.assignment import Rewind, check_identity, check_watermarks, decide_resume
+from streams.batch import BatchApplier, ParsedMessage, WatermarkLost
 from streams.broker import bootstrap_servers
 from streams.deadletters import ProducerDeadLetters
 from streams.faust_app import events_topic, make_app
-from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, rewind_target, watermark_field
+from streams.faust_compat import commit_offsets
+from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, watermark_field
 from streams.scrape_thread import ScrapeThread
 from streams.topics import KafkaInspector, ensure_topics
 
@@ -214,9 +216,8 @@ class KpiWorker:
             except BaseException as exc:
                 # Whatever it is (WatermarkLost, BatchFailed, a stop in the middle of the batch, a
                 # bug): nothing from this batch on may be applied or acknowledged. Stop right here.
-                code = {"WatermarkLost": EXIT_WATERMARK_LOST, "CancelledError": EXIT_INTERRUPTED}
                 hard_exit(
-                    code.get(type(exc).__name__, EXIT_BATCH_FAILED),
+                    _exit_code(exc),
                     "worker.batch_abandoned",
                     error=repr(exc),
                     messages=len(events),
@@ -241,42 +242,36 @@ class KpiWorker:
         except (KafkaError, OSError, TimeoutError) as exc:
             self.request_restart("worker.identity_unavailable", error=repr(exc))
             return
-        if self._state.identity is not None and identity != self._state.identity:
-            self.request_restart("worker.topic_identity_changed", old=self._state.identity, new=identity)
+        if restart := check_identity(self._state.identity, identity):
+            self.request_restart(restart.event, **restart.details)
             return
         fields = {tp.partition: watermark_field(topic, identity, tp.partition) for tp in mine}
         known = self.ledger.snapshot()
         stored = await self._stored_at_assignment(fields.values())
-        lost = WatermarkLedger.lost(known, stored)
-        if lost:
-            self.request_restart("worker.watermarks_lost", lost=lost)
+        if restart := check_watermarks(known, stored):
+            self.request_restart(restart.event, **restart.details)
             return
         consumer = self.app.consumer
         assert isinstance(consumer, Consumer)  # faust's base consumer: seeks and raw commits
         committed = await consumer.seek_to_committed()
-        rewinds = {
-            tp: target
-            for tp in mine
-            if (target := rewind_target(stored[fields[tp.partition]], committed.get(tp))) is not None
-        }
-        if rewinds:
+        decision = decide_resume(fields, stored, {tp.partition: committed.get(tp) for tp in mine})
+        if isinstance(decision, Rewind):
             # Commit the rewound position for the group, then restart: the next process starts
-            # there. Rewinding in this process is unsafe: messages past the committed offset may
-            # already be fetched (faust fetches during this callback), and applying one would raise
-            # the watermark over the very range the rewind is meant to read again.
-            committed_ok = await consumer._commit(rewinds)
+            # there (streams.assignment says why never in this process).
+            rewinds = {TP(topic, partition): offset for partition, offset in decision.offsets.items()}
+            committed_ok = await commit_offsets(consumer, rewinds)
             self.request_restart(
                 "worker.rewind" if committed_ok else "worker.rewind_commit_failed",
-                rewinds=_by_partition(rewinds),
+                rewinds=decision.offsets,
                 committed=_by_partition(committed),
             )
             return
         self._state.identity = identity
         self._state.partitions = [tp.partition for tp in mine]
-        self.ledger.reset({fields[p]: stored[fields[p]] for p in fields})
+        self.ledger.reset(decision.watermarks)
         # Only now are messages of these partitions applied; until here ``_await_assignment`` held
         # them (the applier checks the watermarks itself, so a later restart loses nothing).
-        self.applier.fields = fields
+        self.applier.fields = decision.fields
         self._state.assigned = True
         self._update_ready()
         log.info(
@@ -284,7 +279,7 @@ class KpiWorker:
             topic=topic,
             topic_id=identity,
             partitions=self._state.partitions,
-            watermarks={p: stored[f] for p, f in fields.items()},
+            watermarks={p: decision.watermarks[f] for p, f in decision.fields.items()},
         )
 
     async def _stored_at_assignment(self, fields: Iterable[str]) -> dict[str, int | None]:
@@ -332,9 +327,8 @@ class KpiWorker:
             log.warning("worker.redis_unavailable", error=repr(exc))
             return
         self._set_redis_ok(True)
-        lost = WatermarkLedger.lost(known, stored)
-        if lost:
-            self.request_restart("worker.watermarks_lost", lost=lost)
+        if restart := check_watermarks(known, stored):
+            self.request_restart(restart.event, **restart.details)
             return
         try:
             async with asyncio.timeout(5.0):
@@ -411,6 +405,14 @@ class KpiWorker:
 
 
 _Taken = tuple[list[EventT[bytes]], list[ParsedMessage]]
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, WatermarkLost):
+        return EXIT_WATERMARK_LOST
+    if isinstance(exc, asyncio.CancelledError):
+        return EXIT_INTERRUPTED
+    return EXIT_BATCH_FAILED
 
 
 def _message(event: EventT[bytes]) -> Any:

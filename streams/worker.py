@@ -3,23 +3,20 @@
 One process of the consumer group (``settings.consumer_group``); ``streams.supervisor`` runs it as
 a child and starts it again whenever it stops. Contracts (docs/streaming.md):
 
-- One agent (concurrency 1) takes batches of raw messages with their partition and offset
-  (``noack_take``: faust acknowledges nothing itself) and one task hands them, in order, to
-  ``BatchApplier``; each event is acknowledged only after Redis committed its batch. A batch that
-  cannot be applied stops the process at once (``os._exit``): neither it nor any later batch is
-  applied or acknowledged.
+- One agent (concurrency 1) takes raw messages with their partition and offset (``noack_take``:
+  faust acknowledges nothing itself; one *take* is up to ``TAKE.max_messages`` messages) and one
+  task hands the takes, in order, to ``TakeApplier`` (``streams.apply_take``); each event is
+  acknowledged only after Redis committed it. A take that cannot be applied stops the process at
+  once (``os._exit``): neither it nor any later take is applied or acknowledged.
 - On every assignment the topic identity is read again and the watermark fields are tied to it;
   messages of a partition are applied only once its callback finished (faust fetches them
-  earlier: such batches wait, ``_await_assignment``), and a message that is left out is never
+  earlier: such takes wait, ``_await_assignment``), and a message that is left out is never
   acknowledged. A partition whose committed Kafka offset is past its Redis watermark + 1 (Redis
   lost writes) has the lower offset committed, and the process asks for a restart, as it does
   whenever the topic identity changed or Redis is seen to have lost writes (a graceful stop:
-  acknowledged batches were all applied, and the next process resumes at the lower of Redis and
-  Kafka).
-- ``/healthz`` answers 200 once partitions are assigned and Redis answers (503 before, and while
-  a batch is being retried); ``/metrics`` serves the ``kpi_*`` metrics of this process and the
-  ``sales_*`` KPI gauges, rendered on a loop of their own (``streams.scrape_thread``) so that a
-  scrape never stalls consuming.
+  acknowledged takes were all applied, and the next process resumes at the lower of Redis and
+  Kafka). The decision is ``streams.assignment``'s; this module does the I/O.
+- Web pages: ``streams.worker_web`` (``/healthz`` is 503 while a take is being retried).
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 import faust
@@ -41,16 +38,15 @@ import structlog
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT, StreamT
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from kpi_state.events import EventParser
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
+from streams.apply_take import ParsedMessage, TakeApplier, WatermarkLost
 from streams.assignment import Rewind, check_identity, check_watermarks, decide_resume
-from streams.batch import BatchApplier, ParsedMessage, WatermarkLost
 from streams.broker import bootstrap_servers
 from streams.deadletters import ProducerDeadLetters
 from streams.faust_app import events_topic, make_app
@@ -58,28 +54,36 @@ from streams.faust_compat import commit_offsets
 from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, watermark_field
 from streams.scrape_thread import ScrapeThread
 from streams.topics import KafkaInspector, ensure_topics
+from streams.worker_web import WorkerState, add_pages
 
 log = structlog.get_logger(__name__)
 
-# A take() batch: up to this many messages, or what arrived within this time (freshness: at
-# 1,000 events/s a batch closes every 0.1 s). Each batch is applied in script calls of at most
-# settings.batch_size events.
-TAKE_MAX_MESSAGES = 500
-TAKE_WITHIN_SECONDS = 0.1
-PIPELINE_DEPTH = 2  # batches taken but not yet applied, besides the one being applied
-# Redis or the broker unusable for this long while a batch is in hand: stop without acknowledging.
-BATCH_RETRY_SECONDS = 60.0
+
+@dataclass(frozen=True, slots=True)
+class TakeSize:
+    """One take: up to ``max_messages`` messages, or what arrived within ``within_seconds``."""
+
+    max_messages: int
+    within_seconds: float
+
+
+# Freshness: at 1,000 events/s a take closes every 0.1 s. Each take is applied in script calls
+# (chunks) of about settings.batch_size events.
+TAKE = TakeSize(max_messages=500, within_seconds=0.1)
+QUEUED_TAKES = 2  # takes taken but not yet applied, besides the one being applied
+# Redis or the broker unusable for this long while a take is in hand: stop without acknowledging.
+TAKE_RETRY_SECONDS = 60.0
 # Redis must answer within this at an assignment (a rebalance callback must stay well inside
 # the 10 s session timeout).
 ASSIGNMENT_REDIS_SECONDS = 6.0
 WATCH_INTERVAL_SECONDS = 1.0
-# How long a batch of freshly assigned partitions waits for the assignment callback (which itself
+# How long a take of freshly assigned partitions waits for the assignment callback (which itself
 # is bounded by ~8 s of broker and ~6 s of Redis time) before the worker restarts instead.
 ASSIGNMENT_WAIT_SECONDS = 30.0
 ASSIGNMENT_POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 20.0
 
-EXIT_BATCH_FAILED = 70
+EXIT_TAKE_FAILED = 70
 EXIT_WATERMARK_LOST = 75
 EXIT_INTERRUPTED = 76
 EXIT_STOP_TIMEOUT = 77
@@ -90,15 +94,6 @@ def hard_exit(code: int, event: str, **fields: Any) -> NoReturn:
     log.error(event, exit_code=code, **fields)
     sys.stderr.flush()
     os._exit(code)
-
-
-@dataclass
-class _State:
-    identity: str | None = None
-    assigned: bool = False
-    redis_ok: bool = True
-    stopping: bool = False
-    partitions: list[int] = field(default_factory=list)
 
 
 class KpiWorker:
@@ -125,48 +120,39 @@ class KpiWorker:
             settings.dlq_topic: settings.dlq_partitions,
         }
         self._inspector: KafkaInspector | None = None
-        self._state = _State()
+        self._state = WorkerState()
         self.registry = CollectorRegistry()
         self.ops = OpMetrics(self.registry)
         self.ops.set_ready(False)
         self.ledger = WatermarkLedger()
         self.app = make_app(settings, web_port=web_port, web_host=web_host)
-        self.applier = BatchApplier(
+        self.applier = TakeApplier(
             parser=parser,
             pinned=PinnedRedis(redis, settings),
             ledger=self.ledger,
             dead_letters=ProducerDeadLetters(self.app.producer, settings.dlq_topic),
             ops=self.ops,
-            batch_size=settings.batch_size,
-            retry_budget=BATCH_RETRY_SECONDS,
+            chunk_events=settings.batch_size,
+            retry_budget=TAKE_RETRY_SECONDS,
             on_health=self._set_redis_ok,
         )
         self.app.agent(events_topic(self.app, settings), name="kpi-apply", concurrency=1)(self._consume)
         self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         self.app.timer(WATCH_INTERVAL_SECONDS, name="kpi-watch")(self._watch)
-
-        # faust makes a page function the view's method: it needs a plain (view, request) function.
-        async def healthz(view: View, request: Request) -> Response:
-            return await self._healthz(view, request)
-
-        async def metrics(view: View, request: Request) -> Response:
-            return await self._metrics(view, request)
-
-        self.app.page("/healthz", name="healthz")(healthz)
-        self.app.page("/metrics", name="metrics")(metrics)
+        add_pages(self.app, self._state, settings=settings, registry=self.registry, scrapes=self._scrapes)
 
     # -- consuming -------------------------------------------------------------------------
 
     async def _consume(self, stream: StreamT[bytes]) -> None:
-        """Batches go through a short queue to one applier task, which acknowledges each event
-        after Redis committed it. The agent hands a batch back to faust at once, so faust's
-        per-message work on the next batch overlaps the Redis call of this one (``take()`` would
-        hold its buffer until the batch body returns); the queue bound is the back-pressure."""
+        """Takes go through a short queue to one applier task, which acknowledges each event
+        after Redis committed it. The agent hands a take back to faust at once, so faust's
+        per-message work on the next take overlaps the Redis call of this one (``take()`` would
+        hold its buffer until its loop body returns); the queue bound is the back-pressure."""
         assert isinstance(stream, faust.Stream)  # noack_take is not on the StreamT interface
-        queue: asyncio.Queue[_Taken] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        queue: asyncio.Queue[_Taken] = asyncio.Queue(maxsize=QUEUED_TAKES)
         applying = asyncio.ensure_future(self._apply_in_order(stream, queue))
         try:
-            async for events in stream.noack_take(TAKE_MAX_MESSAGES, within=TAKE_WITHIN_SECONDS):
+            async for events in stream.noack_take(TAKE.max_messages, within=TAKE.within_seconds):
                 try:
                     messages = [_message(e) for e in events]
                     await self._await_assignment(messages)
@@ -178,14 +164,14 @@ class KpiWorker:
                     else:
                         chosen = {id(p.message) for p in selected}
                         to_ack = [e for e in events if id(_message(e)) in chosen]
-                except Exception as exc:  # a bug: do not let faust see the batch go by
-                    hard_exit(EXIT_BATCH_FAILED, "worker.select_failed", error=repr(exc))
+                except Exception as exc:  # a bug: do not let faust see the take go by
+                    hard_exit(EXIT_TAKE_FAILED, "worker.select_failed", error=repr(exc))
                 await queue.put((to_ack, selected))
         finally:
-            applying.cancel()  # queued batches stay unacknowledged: they are read again
+            applying.cancel()  # queued takes stay unacknowledged: they are read again
 
     async def _await_assignment(self, messages: Sequence[Any]) -> None:
-        """Hold a batch while its partitions are assigned but their assignment callback is still
+        """Hold a take while its partitions are assigned but their assignment callback is still
         running (no watermark field yet): faust fetches them as soon as the group assigns them.
 
         Ignoring them instead would lose them for good: a later message of the same partition
@@ -214,8 +200,8 @@ class KpiWorker:
                 for event in events:
                     await stream.ack(event)
             except BaseException as exc:
-                # Whatever it is (WatermarkLost, BatchFailed, a stop in the middle of the batch, a
-                # bug): nothing from this batch on may be applied or acknowledged. Stop right here.
+                # Whatever it is (WatermarkLost, TakeFailed, a stop in the middle of the take, a
+                # bug): nothing from this take on may be applied or acknowledged. Stop right here.
                 hard_exit(
                     _exit_code(exc),
                     "worker.batch_abandoned",
@@ -294,7 +280,7 @@ class KpiWorker:
                         log.warning("worker.redis_unavailable", error=repr(exc))
                         await asyncio.sleep(0.5)
         except TimeoutError:
-            hard_exit(EXIT_BATCH_FAILED, "worker.assignment_failed", reason="Redis does not answer")
+            hard_exit(EXIT_TAKE_FAILED, "worker.assignment_failed", reason="Redis does not answer")
 
     def request_restart(self, event: str, **fields: Any) -> None:
         """Stop gracefully (the supervisor starts a new process); stop hard if that hangs."""
@@ -367,36 +353,10 @@ class KpiWorker:
 
     @property
     def ready(self) -> bool:
-        s = self._state
-        return s.assigned and s.redis_ok and not s.stopping
+        return self._state.ready
 
     def _update_ready(self) -> None:
         self.ops.set_ready(self.ready)
-
-    # -- web ---------------------------------------------------------------------------------
-
-    async def _healthz(self, view: View, request: Request) -> Response:
-        s = self._state
-        if self.ready:
-            status = "ready"
-        else:
-            status = "stopping" if s.stopping else "starting" if not s.assigned else "degraded"
-        body = {"status": status, "partitions": s.partitions, "topic_id": s.identity, "redis": s.redis_ok}
-        return view.json(body, status=200 if self.ready else 503, headers={"Cache-Control": "no-store"})
-
-    async def _metrics(self, view: View, request: Request) -> Response:
-        from kpi_state.collector import render_metrics  # the KPI gauges are optional here
-
-        accept = request.headers.get("Accept", "")
-        try:
-            body, content_type = await self._scrapes.run(
-                lambda reader: render_metrics(reader, self.settings, (self.registry,), accept=accept)
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("worker.metrics_without_kpis", error=repr(exc))  # Redis down: kpi_* only
-            body, content_type = generate_latest(self.registry), CONTENT_TYPE_LATEST
-        # In the headers: aiohttp refuses a content_type argument with a charset parameter.
-        return view.bytes(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     def run(self) -> NoReturn:
         worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
@@ -412,7 +372,7 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_WATERMARK_LOST
     if isinstance(exc, asyncio.CancelledError):
         return EXIT_INTERRUPTED
-    return EXIT_BATCH_FAILED
+    return EXIT_TAKE_FAILED
 
 
 def _message(event: EventT[bytes]) -> Any:

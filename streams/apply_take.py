@@ -237,6 +237,7 @@ class TakeApplier:
                 self._on_health(False)
                 if time.monotonic() + delay > deadline:
                     raise TakeFailed(f"take not applied within {self._budget:.0f} s: {exc!r}") from exc
+                # The log event keeps its name (worker.batch_*): operators and tests search for it.
                 log.warning("worker.batch_retry", error=repr(exc), delay=round(delay, 2))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

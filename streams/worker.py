@@ -204,7 +204,7 @@ class KpiWorker:
                 # bug): nothing from this take on may be applied or acknowledged. Stop right here.
                 hard_exit(
                     _exit_code(exc),
-                    "worker.batch_abandoned",
+                    "worker.batch_abandoned",  # the log event keeps its name: operators search for it
                     error=repr(exc),
                     messages=len(events),
                 )

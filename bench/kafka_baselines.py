@@ -154,7 +154,7 @@ async def fill_topic(
     events = synthetic_events(n_messages * events_per_message, run_id=run_id, seed=seed)
     started = time.perf_counter()
     async with EventProducer(bootstrap, topic, linger_ms=20) as producer:
-        sent = await producer.send_events(events, batch_size=events_per_message, wait=True)
+        sent = await producer.send_events(events, events_per_message=events_per_message, wait=True)
     return Rate(messages=sent, events=n_messages * events_per_message, seconds=time.perf_counter() - started)
 
 

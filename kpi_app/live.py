@@ -83,7 +83,7 @@ async def publish_live(
             step = min(now, t + sim.chunk)
             events = sim.events_between(t, step)
             summary.history_events += len(events)
-            await producer.send_events(events, batch_size=size)
+            await producer.send_events(events, events_per_message=size)
             t = step
         await producer.flush()
         log.info("simulate.history_sent", events=summary.history_events, days=history_days)
@@ -97,7 +97,7 @@ async def publish_live(
             events = sim.events_between(last, current)
             last = current
             summary.live_events += len(events)
-            await producer.send_events(events, batch_size=size)
+            await producer.send_events(events, events_per_message=size)
             if time.monotonic() - logged >= LOG_EVERY_SECONDS:
                 logged = time.monotonic()
                 log.info("simulate.live", events=summary.live_events, active_customers=sim.active_customers)

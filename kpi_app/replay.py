@@ -1,16 +1,16 @@
-"""`kpi replay`: JSONL files -> validation -> de-duplication -> batched atomic applies.
+"""`kpi replay`: JSONL files -> validation -> de-duplication -> atomic applies in chunks.
 
 The same store code as the faust agent; a bad line never stops the replay.
-Parsing and preparing the next batch overlaps the Redis call of the previous one
-(one batch in flight), since Redis runs the script on its own core.
+Parsing and preparing the next chunk (``KPI_BATCH_SIZE`` events) overlaps the Redis call of the
+one before (``kpi_state.in_flight.OneInFlight``), since Redis runs the script on its own core.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kpi_app.bootstrap import Runtime
 from kpi_app.jsonl import Line, read_lines
 from kpi_state.events import Event, Rejection
+from kpi_state.in_flight import OneInFlight
 from kpi_state.store import ApplyResult
 
 
@@ -73,34 +74,26 @@ class Replayer:
 
     async def run(self, names: list[str], progress: Progress | None) -> ReplaySummary:
         parser = self._runtime.parser
-        size = self._runtime.settings.batch_size
-        in_flight: tuple[asyncio.Task[ApplyResult], list[Line]] | None = None
+        store = self._runtime.store
+        chunk_events = self._runtime.settings.batch_size
         events: list[Event] = []
         lines: list[Line] = []
         now = datetime.now(UTC)
-        for line in read_lines(names, progress):
-            self.summary.lines += 1
-            parsed = parser.parse_bytes(line.raw, now)
-            if isinstance(parsed, Rejection):
-                self._reject(line, parsed)
-                continue
-            events.append(parsed)
-            lines.append(line)
-            if len(events) >= size:
-                batch = self._runtime.store.prepare(events)
-                if in_flight is not None:
-                    self._account(await in_flight[0], in_flight[1])
-                in_flight = (asyncio.create_task(self._runtime.store.execute(batch)), lines)
-                # redis-py needs a few loop iterations to write the request; until then
-                # Redis would sit idle while we parse the next batch.
-                for _ in range(3):
-                    await asyncio.sleep(0)
-                events, lines = [], []
-                now = datetime.now(UTC)
-        if in_flight is not None:
-            self._account(await in_flight[0], in_flight[1])
-        if events:
-            self._account(await self._runtime.store.apply(events), lines)
+        async with OneInFlight(self._account) as in_flight:
+            for line in read_lines(names, progress):
+                self.summary.lines += 1
+                parsed = parser.parse_bytes(line.raw, now)
+                if isinstance(parsed, Rejection):
+                    self._reject(line, parsed)
+                    continue
+                events.append(parsed)
+                lines.append(line)
+                if len(events) >= chunk_events:
+                    await in_flight.start(partial(store.execute, store.prepare(events)), lines)
+                    events, lines = [], []
+                    now = datetime.now(UTC)
+            if events:
+                await in_flight.start(partial(store.apply, events), lines)
         return self.summary
 
 

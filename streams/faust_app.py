@@ -13,7 +13,8 @@ Settings and why (DESIGN section 7, ``docs/kafka-notes.md``):
 - The ``worker`` command ignores ``web_enabled=False``, so each worker needs its own ``web_port``.
 - Fetch wait 100 ms instead of faust's hard-coded 1500 ms: Tansu holds a fetch for much of that
   wait even while data arrives, which put the event-to-state p99 at ~0.9-1.0 s at 1,000 events/s;
-  at 100 ms it measured ~0.3 s with no throughput change (see ``limit_fetch_wait``).
+  at 100 ms it measured ~0.3 s with no throughput change (``streams.faust_compat.limit_fetch_wait``,
+  where every private faust/aiokafka hook lives).
 """
 
 from __future__ import annotations
@@ -24,34 +25,10 @@ import faust
 
 from kpi_state.settings import Settings
 from streams.broker import bootstrap_servers
+from streams.faust_compat import limit_fetch_wait
 
 SESSION_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_INTERVAL_SECONDS = 1.0
-FETCH_MAX_WAIT_MS = 100
-
-
-def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
-    """Make faust's worker consumer wait at most ``ms`` per fetch.
-
-    faust-streaming 0.15.3 (pinned) passes ``fetch_max_wait_ms=1500`` to aiokafka with no
-    setting to change it; aiokafka reads ``_fetch_max_wait_ms`` when the consumer starts, so it
-    is set on the consumer faust has just built. Idempotent; affects this process only.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    thread_class: Any = driver.AIOKafkaConsumerThread
-    if getattr(thread_class, "_kpi_fetch_wait_ms", None) == ms:
-        return
-    original = getattr(thread_class, "_kpi_original_create", thread_class._create_worker_consumer)
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    thread_class._kpi_original_create = original
-    thread_class._create_worker_consumer = create_worker_consumer
-    thread_class._kpi_fetch_wait_ms = ms
 
 
 def make_app(
@@ -67,7 +44,7 @@ def make_app(
 ) -> faust.App:
     """A faust app (no agents yet) for ``settings``; ``app_id`` is the consumer group id.
 
-    Also applies ``limit_fetch_wait`` to this process.
+    Also applies ``streams.faust_compat.limit_fetch_wait`` to this process.
 
     ``overrides`` are passed to ``faust.App`` last, for the rare setting a caller must change.
     """

@@ -125,21 +125,22 @@ class EventProducer:
         await self.send_raw(event_key(events[0]) or None, orjson.dumps(list(events)), wait=wait)
 
     async def send_events(
-        self, events: Iterable[Mapping[str, object]], *, batch_size: int = 100, wait: bool = False
+        self, events: Iterable[Mapping[str, object]], *, events_per_message: int = 100, wait: bool = False
     ) -> int:
-        """``events`` in messages of up to ``batch_size`` (1: one JSON object per message).
+        """``events`` in messages of up to ``events_per_message`` (``KPI_MESSAGE_BATCH``; 1: one JSON
+        object per message).
 
         Returns the number of messages. With ``wait``, returns once all of them are acknowledged.
         """
         messages = 0
         chunk: list[Mapping[str, object]] = []
         for event in events:
-            if batch_size <= 1:
+            if events_per_message <= 1:
                 await self.send_event(event)
                 messages += 1
                 continue
             chunk.append(event)
-            if len(chunk) >= batch_size:
+            if len(chunk) >= events_per_message:
                 await self.send_batch(chunk)
                 messages += 1
                 chunk = []

@@ -3,23 +3,20 @@
 One process of the consumer group (``settings.consumer_group``); ``streams.supervisor`` runs it as
 a child and starts it again whenever it stops. Contracts (docs/streaming.md):
 
-- One agent (concurrency 1) takes batches of raw messages with their partition and offset
-  (``noack_take``: faust acknowledges nothing itself) and one task hands them, in order, to
-  ``BatchApplier``; each event is acknowledged only after Redis committed its batch. A batch that
-  cannot be applied stops the process at once (``os._exit``): neither it nor any later batch is
-  applied or acknowledged.
+- One agent (concurrency 1) takes raw messages with their partition and offset (``noack_take``:
+  faust acknowledges nothing itself; one *take* is up to ``TAKE.max_messages`` messages) and one
+  task hands the takes, in order, to ``TakeApplier`` (``streams.apply_take``); each event is
+  acknowledged only after Redis committed it. A take that cannot be applied stops the process at
+  once (``os._exit``): neither it nor any later take is applied or acknowledged.
 - On every assignment the topic identity is read again and the watermark fields are tied to it;
   messages of a partition are applied only once its callback finished (faust fetches them
-  earlier: such batches wait, ``_await_assignment``), and a message that is left out is never
+  earlier: such takes wait, ``_await_assignment``), and a message that is left out is never
   acknowledged. A partition whose committed Kafka offset is past its Redis watermark + 1 (Redis
   lost writes) has the lower offset committed, and the process asks for a restart, as it does
   whenever the topic identity changed or Redis is seen to have lost writes (a graceful stop:
-  acknowledged batches were all applied, and the next process resumes at the lower of Redis and
-  Kafka).
-- ``/healthz`` answers 200 once partitions are assigned and Redis answers (503 before, and while
-  a batch is being retried); ``/metrics`` serves the ``kpi_*`` metrics of this process and the
-  ``sales_*`` KPI gauges, rendered on a loop of their own (``streams.scrape_thread``) so that a
-  scrape never stalls consuming.
+  acknowledged takes were all applied, and the next process resumes at the lower of Redis and
+  Kafka). The decision is ``streams.assignment``'s; this module does the I/O.
+- Web pages: ``streams.worker_web`` (``/healthz`` is 503 while a take is being retried).
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 import faust
@@ -41,43 +38,52 @@ import structlog
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT, StreamT
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from kpi_state.events import EventParser
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
-from streams.batch import BatchApplier, ParsedMessage
+from streams.apply_take import ParsedMessage, TakeApplier, WatermarkLost
+from streams.assignment import Rewind, check_identity, check_watermarks, decide_resume
 from streams.broker import bootstrap_servers
 from streams.deadletters import ProducerDeadLetters
 from streams.faust_app import events_topic, make_app
-from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, rewind_target, watermark_field
+from streams.faust_compat import commit_offsets
+from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, watermark_field
 from streams.scrape_thread import ScrapeThread
 from streams.topics import KafkaInspector, ensure_topics
+from streams.worker_web import WorkerState, add_pages
 
 log = structlog.get_logger(__name__)
 
-# A take() batch: up to this many messages, or what arrived within this time (freshness: at
-# 1,000 events/s a batch closes every 0.1 s). Each batch is applied in script calls of at most
-# settings.batch_size events.
-TAKE_MAX_MESSAGES = 500
-TAKE_WITHIN_SECONDS = 0.1
-PIPELINE_DEPTH = 2  # batches taken but not yet applied, besides the one being applied
-# Redis or the broker unusable for this long while a batch is in hand: stop without acknowledging.
-BATCH_RETRY_SECONDS = 60.0
+
+@dataclass(frozen=True, slots=True)
+class TakeSize:
+    """One take: up to ``max_messages`` messages, or what arrived within ``within_seconds``."""
+
+    max_messages: int
+    within_seconds: float
+
+
+# Freshness: at 1,000 events/s a take closes every 0.1 s. Each take is applied in script calls
+# (chunks) of about settings.batch_size events.
+TAKE = TakeSize(max_messages=500, within_seconds=0.1)
+QUEUED_TAKES = 2  # takes taken but not yet applied, besides the one being applied
+# Redis or the broker unusable for this long while a take is in hand: stop without acknowledging.
+TAKE_RETRY_SECONDS = 60.0
 # Redis must answer within this at an assignment (a rebalance callback must stay well inside
 # the 10 s session timeout).
 ASSIGNMENT_REDIS_SECONDS = 6.0
 WATCH_INTERVAL_SECONDS = 1.0
-# How long a batch of freshly assigned partitions waits for the assignment callback (which itself
+# How long a take of freshly assigned partitions waits for the assignment callback (which itself
 # is bounded by ~8 s of broker and ~6 s of Redis time) before the worker restarts instead.
 ASSIGNMENT_WAIT_SECONDS = 30.0
 ASSIGNMENT_POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 20.0
 
-EXIT_BATCH_FAILED = 70
+EXIT_TAKE_FAILED = 70
 EXIT_WATERMARK_LOST = 75
 EXIT_INTERRUPTED = 76
 EXIT_STOP_TIMEOUT = 77
@@ -88,15 +94,6 @@ def hard_exit(code: int, event: str, **fields: Any) -> NoReturn:
     log.error(event, exit_code=code, **fields)
     sys.stderr.flush()
     os._exit(code)
-
-
-@dataclass
-class _State:
-    identity: str | None = None
-    assigned: bool = False
-    redis_ok: bool = True
-    stopping: bool = False
-    partitions: list[int] = field(default_factory=list)
 
 
 class KpiWorker:
@@ -123,48 +120,39 @@ class KpiWorker:
             settings.dlq_topic: settings.dlq_partitions,
         }
         self._inspector: KafkaInspector | None = None
-        self._state = _State()
+        self._state = WorkerState()
         self.registry = CollectorRegistry()
         self.ops = OpMetrics(self.registry)
         self.ops.set_ready(False)
         self.ledger = WatermarkLedger()
         self.app = make_app(settings, web_port=web_port, web_host=web_host)
-        self.applier = BatchApplier(
+        self.applier = TakeApplier(
             parser=parser,
             pinned=PinnedRedis(redis, settings),
             ledger=self.ledger,
             dead_letters=ProducerDeadLetters(self.app.producer, settings.dlq_topic),
             ops=self.ops,
-            batch_size=settings.batch_size,
-            retry_budget=BATCH_RETRY_SECONDS,
+            chunk_events=settings.batch_size,
+            retry_budget=TAKE_RETRY_SECONDS,
             on_health=self._set_redis_ok,
         )
         self.app.agent(events_topic(self.app, settings), name="kpi-apply", concurrency=1)(self._consume)
         self.app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         self.app.timer(WATCH_INTERVAL_SECONDS, name="kpi-watch")(self._watch)
-
-        # faust makes a page function the view's method: it needs a plain (view, request) function.
-        async def healthz(view: View, request: Request) -> Response:
-            return await self._healthz(view, request)
-
-        async def metrics(view: View, request: Request) -> Response:
-            return await self._metrics(view, request)
-
-        self.app.page("/healthz", name="healthz")(healthz)
-        self.app.page("/metrics", name="metrics")(metrics)
+        add_pages(self.app, self._state, settings=settings, registry=self.registry, scrapes=self._scrapes)
 
     # -- consuming -------------------------------------------------------------------------
 
     async def _consume(self, stream: StreamT[bytes]) -> None:
-        """Batches go through a short queue to one applier task, which acknowledges each event
-        after Redis committed it. The agent hands a batch back to faust at once, so faust's
-        per-message work on the next batch overlaps the Redis call of this one (``take()`` would
-        hold its buffer until the batch body returns); the queue bound is the back-pressure."""
+        """Takes go through a short queue to one applier task, which acknowledges each event
+        after Redis committed it. The agent hands a take back to faust at once, so faust's
+        per-message work on the next take overlaps the Redis call of this one (``take()`` would
+        hold its buffer until its loop body returns); the queue bound is the back-pressure."""
         assert isinstance(stream, faust.Stream)  # noack_take is not on the StreamT interface
-        queue: asyncio.Queue[_Taken] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        queue: asyncio.Queue[_Taken] = asyncio.Queue(maxsize=QUEUED_TAKES)
         applying = asyncio.ensure_future(self._apply_in_order(stream, queue))
         try:
-            async for events in stream.noack_take(TAKE_MAX_MESSAGES, within=TAKE_WITHIN_SECONDS):
+            async for events in stream.noack_take(TAKE.max_messages, within=TAKE.within_seconds):
                 try:
                     messages = [_message(e) for e in events]
                     await self._await_assignment(messages)
@@ -176,14 +164,14 @@ class KpiWorker:
                     else:
                         chosen = {id(p.message) for p in selected}
                         to_ack = [e for e in events if id(_message(e)) in chosen]
-                except Exception as exc:  # a bug: do not let faust see the batch go by
-                    hard_exit(EXIT_BATCH_FAILED, "worker.select_failed", error=repr(exc))
+                except Exception as exc:  # a bug: do not let faust see the take go by
+                    hard_exit(EXIT_TAKE_FAILED, "worker.select_failed", error=repr(exc))
                 await queue.put((to_ack, selected))
         finally:
-            applying.cancel()  # queued batches stay unacknowledged: they are read again
+            applying.cancel()  # queued takes stay unacknowledged: they are read again
 
     async def _await_assignment(self, messages: Sequence[Any]) -> None:
-        """Hold a batch while its partitions are assigned but their assignment callback is still
+        """Hold a take while its partitions are assigned but their assignment callback is still
         running (no watermark field yet): faust fetches them as soon as the group assigns them.
 
         Ignoring them instead would lose them for good: a later message of the same partition
@@ -212,12 +200,11 @@ class KpiWorker:
                 for event in events:
                     await stream.ack(event)
             except BaseException as exc:
-                # Whatever it is (WatermarkLost, BatchFailed, a stop in the middle of the batch, a
-                # bug): nothing from this batch on may be applied or acknowledged. Stop right here.
-                code = {"WatermarkLost": EXIT_WATERMARK_LOST, "CancelledError": EXIT_INTERRUPTED}
+                # Whatever it is (WatermarkLost, TakeFailed, a stop in the middle of the take, a
+                # bug): nothing from this take on may be applied or acknowledged. Stop right here.
                 hard_exit(
-                    code.get(type(exc).__name__, EXIT_BATCH_FAILED),
-                    "worker.batch_abandoned",
+                    _exit_code(exc),
+                    "worker.batch_abandoned",  # the log event keeps its name: operators search for it
                     error=repr(exc),
                     messages=len(events),
                 )
@@ -241,42 +228,36 @@ class KpiWorker:
         except (KafkaError, OSError, TimeoutError) as exc:
             self.request_restart("worker.identity_unavailable", error=repr(exc))
             return
-        if self._state.identity is not None and identity != self._state.identity:
-            self.request_restart("worker.topic_identity_changed", old=self._state.identity, new=identity)
+        if restart := check_identity(self._state.identity, identity):
+            self.request_restart(restart.event, **restart.details)
             return
         fields = {tp.partition: watermark_field(topic, identity, tp.partition) for tp in mine}
         known = self.ledger.snapshot()
         stored = await self._stored_at_assignment(fields.values())
-        lost = WatermarkLedger.lost(known, stored)
-        if lost:
-            self.request_restart("worker.watermarks_lost", lost=lost)
+        if restart := check_watermarks(known, stored):
+            self.request_restart(restart.event, **restart.details)
             return
         consumer = self.app.consumer
         assert isinstance(consumer, Consumer)  # faust's base consumer: seeks and raw commits
         committed = await consumer.seek_to_committed()
-        rewinds = {
-            tp: target
-            for tp in mine
-            if (target := rewind_target(stored[fields[tp.partition]], committed.get(tp))) is not None
-        }
-        if rewinds:
+        decision = decide_resume(fields, stored, {tp.partition: committed.get(tp) for tp in mine})
+        if isinstance(decision, Rewind):
             # Commit the rewound position for the group, then restart: the next process starts
-            # there. Rewinding in this process is unsafe: messages past the committed offset may
-            # already be fetched (faust fetches during this callback), and applying one would raise
-            # the watermark over the very range the rewind is meant to read again.
-            committed_ok = await consumer._commit(rewinds)
+            # there (streams.assignment says why never in this process).
+            rewinds = {TP(topic, partition): offset for partition, offset in decision.offsets.items()}
+            committed_ok = await commit_offsets(consumer, rewinds)
             self.request_restart(
                 "worker.rewind" if committed_ok else "worker.rewind_commit_failed",
-                rewinds=_by_partition(rewinds),
+                rewinds=decision.offsets,
                 committed=_by_partition(committed),
             )
             return
         self._state.identity = identity
         self._state.partitions = [tp.partition for tp in mine]
-        self.ledger.reset({fields[p]: stored[fields[p]] for p in fields})
+        self.ledger.reset(decision.watermarks)
         # Only now are messages of these partitions applied; until here ``_await_assignment`` held
         # them (the applier checks the watermarks itself, so a later restart loses nothing).
-        self.applier.fields = fields
+        self.applier.fields = decision.fields
         self._state.assigned = True
         self._update_ready()
         log.info(
@@ -284,7 +265,7 @@ class KpiWorker:
             topic=topic,
             topic_id=identity,
             partitions=self._state.partitions,
-            watermarks={p: stored[f] for p, f in fields.items()},
+            watermarks={p: decision.watermarks[f] for p, f in decision.fields.items()},
         )
 
     async def _stored_at_assignment(self, fields: Iterable[str]) -> dict[str, int | None]:
@@ -299,7 +280,7 @@ class KpiWorker:
                         log.warning("worker.redis_unavailable", error=repr(exc))
                         await asyncio.sleep(0.5)
         except TimeoutError:
-            hard_exit(EXIT_BATCH_FAILED, "worker.assignment_failed", reason="Redis does not answer")
+            hard_exit(EXIT_TAKE_FAILED, "worker.assignment_failed", reason="Redis does not answer")
 
     def request_restart(self, event: str, **fields: Any) -> None:
         """Stop gracefully (the supervisor starts a new process); stop hard if that hangs."""
@@ -332,9 +313,8 @@ class KpiWorker:
             log.warning("worker.redis_unavailable", error=repr(exc))
             return
         self._set_redis_ok(True)
-        lost = WatermarkLedger.lost(known, stored)
-        if lost:
-            self.request_restart("worker.watermarks_lost", lost=lost)
+        if restart := check_watermarks(known, stored):
+            self.request_restart(restart.event, **restart.details)
             return
         try:
             async with asyncio.timeout(5.0):
@@ -373,36 +353,10 @@ class KpiWorker:
 
     @property
     def ready(self) -> bool:
-        s = self._state
-        return s.assigned and s.redis_ok and not s.stopping
+        return self._state.ready
 
     def _update_ready(self) -> None:
         self.ops.set_ready(self.ready)
-
-    # -- web ---------------------------------------------------------------------------------
-
-    async def _healthz(self, view: View, request: Request) -> Response:
-        s = self._state
-        if self.ready:
-            status = "ready"
-        else:
-            status = "stopping" if s.stopping else "starting" if not s.assigned else "degraded"
-        body = {"status": status, "partitions": s.partitions, "topic_id": s.identity, "redis": s.redis_ok}
-        return view.json(body, status=200 if self.ready else 503, headers={"Cache-Control": "no-store"})
-
-    async def _metrics(self, view: View, request: Request) -> Response:
-        from kpi_state.collector import render_metrics  # the KPI gauges are optional here
-
-        accept = request.headers.get("Accept", "")
-        try:
-            body, content_type = await self._scrapes.run(
-                lambda reader: render_metrics(reader, self.settings, (self.registry,), accept=accept)
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("worker.metrics_without_kpis", error=repr(exc))  # Redis down: kpi_* only
-            body, content_type = generate_latest(self.registry), CONTENT_TYPE_LATEST
-        # In the headers: aiohttp refuses a content_type argument with a charset parameter.
-        return view.bytes(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     def run(self) -> NoReturn:
         worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
@@ -411,6 +365,14 @@ class KpiWorker:
 
 
 _Taken = tuple[list[EventT[bytes]], list[ParsedMessage]]
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, WatermarkLost):
+        return EXIT_WATERMARK_LOST
+    if isinstance(exc, asyncio.CancelledError):
+        return EXIT_INTERRUPTED
+    return EXIT_TAKE_FAILED
 
 
 def _message(event: EventT[bytes]) -> Any:

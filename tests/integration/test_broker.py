@@ -154,7 +154,7 @@ def test_producer_round_trip(broker: EmbeddedBroker, topic: str) -> None:
             await producer.send_event(single)
             await producer.send_batch(batch, wait=True)
             await producer.send_raw(b"k", b"not json")
-            assert await producer.send_events(batch * 5, batch_size=4) == 4
+            assert await producer.send_events(batch * 5, events_per_message=4) == 4
         return await _read_all(broker.bootstrap, topic, 7)
 
     got = asyncio.run(scenario())
@@ -211,7 +211,7 @@ def test_restart_loses_data_and_changes_topic_identity(topic: str) -> None:
         async def before() -> str:
             await ensure_topics(broker.bootstrap, {topic: 8})
             async with EventProducer(broker.bootstrap, topic) as producer:
-                await producer.send_events(({"event_id": str(i)} for i in range(10)), batch_size=1)
+                await producer.send_events(({"event_id": str(i)} for i in range(10)), events_per_message=1)
             assert sum((await high_watermarks(broker.bootstrap, topic)).values()) == 10
             return await topic_identity(broker.bootstrap, topic)
 

@@ -342,8 +342,8 @@ def send_to_topic(
             async with EventProducer(
                 broker.bootstrap, settings.topic, client_id="test-prometheus"
             ) as producer:
-                await producer.send_events(events, batch_size=settings.message_batch, wait=True)
-                await producer.send_events(duplicates, batch_size=1, wait=True)
+                await producer.send_events(events, events_per_message=settings.message_batch, wait=True)
+                await producer.send_events(duplicates, events_per_message=1, wait=True)
 
         asyncio.run(produce())
         return

@@ -1,15 +1,21 @@
-"""One batch of topic messages -> validation -> dead letters -> atomic applies with offset watermarks.
+"""One take of topic messages -> validation -> dead letters -> atomic applies with offset watermarks.
 
-Contract the faust agent relies on: ``BatchApplier.apply(select(messages))`` returns only once every
+Words: a *take* is what the agent takes from faust at once (``noack_take``: up to
+``streams.worker.TAKE.max_messages`` messages) and acknowledges as a whole; it is applied in
+*chunks* of about ``chunk_events`` events (``KPI_BATCH_SIZE``), one Redis script call each, never
+splitting a message. (``KPI_MESSAGE_BATCH`` is the producers' events per Kafka message, and the
+store's ``PreparedBatch`` is one prepared script call.)
+
+Contract the faust agent relies on: ``TakeApplier.apply(select(messages))`` returns only once every
 message is accounted for -- its valid events applied (or skipped as duplicates or redeliveries)
 in Redis together with its partition's watermark, its invalid events acknowledged on the
-dead-letter topic. Only then may faust acknowledge the batch. Otherwise it raises
+dead-letter topic. Only then may faust acknowledge the take. Otherwise it raises
 ``WatermarkLost`` (Redis lost writes that this process had committed: restart to rewind) or
-``BatchFailed`` (Redis or the broker stayed unusable for the whole retry budget), and the caller
-must stop the process without acknowledging (``os._exit``): faust acknowledges a ``take()`` batch
-in a ``finally``, so an exception that leaves the batch body loses the batch.
+``TakeFailed`` (Redis or the broker stayed unusable for the whole retry budget), and the caller
+must stop the process without acknowledging (``os._exit``): faust's own ``take()`` acknowledges in
+a ``finally``, so an exception that leaves its loop body loses the take (DESIGN section 7).
 
-Redis and broker errors are retried here, inside the batch, with backoff. Every attempt starts
+Redis and broker errors are retried here, inside the take, with backoff. Every attempt starts
 from a fresh watermark check on a pinned connection (``streams.offsets.PinnedRedis``), so an
 attempt that half-succeeded (some chunks committed) goes on where the committed part ends.
 """
@@ -17,11 +23,11 @@ attempt that half-succeeded (some chunks committed) goes on where the committed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -30,6 +36,7 @@ from faust.exceptions import ProducerSendError
 from redis.exceptions import RedisError
 
 from kpi_state.events import Event, EventParser, Rejection, message_elements
+from kpi_state.in_flight import OneInFlight
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.store import ApplyResult, SourcedEvent
 from streams.deadletters import DeadLetter, DeadLetterSink, conflict_field
@@ -64,13 +71,13 @@ class WatermarkLost(RuntimeError):
         self.lost = dict(lost)
 
 
-class BatchFailed(RuntimeError):
+class TakeFailed(RuntimeError):
     pass
 
 
 @dataclass(slots=True)
 class ParsedMessage:
-    """A message of an assigned partition; parsed when its chunk is built (``BatchApplier``)."""
+    """A message of an assigned partition; parsed when its chunk is built (``TakeApplier``)."""
 
     message: SourceMessage
     wm_field: str  # the watermark field of the message's partition
@@ -136,8 +143,8 @@ def _letters(
     ]
 
 
-class BatchApplier:
-    """Applies batches for the partitions in ``fields`` (partition -> watermark field), which the
+class TakeApplier:
+    """Applies takes for the partitions in ``fields`` (partition -> watermark field), which the
     worker replaces on every assignment. Messages of other partitions (left in a buffer after a
     rebalance took them away) are ignored and must not be acknowledged: their new owner reads them
     from the committed offset."""
@@ -150,7 +157,7 @@ class BatchApplier:
         ledger: WatermarkLedger,
         dead_letters: DeadLetterSink,
         ops: OpMetrics,
-        batch_size: int,
+        chunk_events: int,
         retry_budget: float,
         on_health: Callable[[bool], None] = lambda ok: None,
     ) -> None:
@@ -159,7 +166,7 @@ class BatchApplier:
         self._ledger = ledger
         self._sink = dead_letters
         self._ops = ops
-        self._batch_size = batch_size
+        self._chunk_events = chunk_events
         self._budget = retry_budget
         self._on_health = on_health
         self.fields: dict[int, str] = {}
@@ -176,21 +183,21 @@ class BatchApplier:
         return parsed
 
     def _chunks(self, fresh: Sequence[ParsedMessage], now: datetime) -> Iterator[_Chunk]:
-        """Chunks of at least ``batch_size`` events (whole messages), parsed as they are built."""
+        """Chunks of at least ``chunk_events`` events (whole messages), parsed as they are built."""
         chunk = _Chunk()
         for parsed in fresh:
             chunk.add(self._parse(parsed, now))
-            if len(chunk.items) >= self._batch_size:
+            if len(chunk.items) >= self._chunk_events:
                 yield chunk
                 chunk = _Chunk()
         if chunk.marks:
             yield chunk
 
     def select(self, messages: Sequence[SourceMessage]) -> list[ParsedMessage]:
-        """A taken batch, minus the messages of partitions not in ``fields`` at this moment.
+        """A take, minus the messages of partitions not in ``fields`` at this moment.
 
         Nothing is parsed here: ``apply`` validates each chunk while Redis runs the one before,
-        so the CPU work of a batch overlaps the script calls instead of competing with them.
+        so the CPU work of a take overlaps the script calls instead of competing with them.
         """
         fields = self.fields
         selected = [ParsedMessage(m, fields[m.partition]) for m in messages if m.partition in fields]
@@ -198,11 +205,11 @@ class BatchApplier:
             log.info("worker.ignored_unassigned", messages=len(messages) - len(selected))
         return selected
 
-    async def apply(self, batch: Sequence[ParsedMessage]) -> None:
-        """Apply a selected batch (see the module contract); batches must come in the order taken."""
-        if not batch:
+    async def apply(self, take: Sequence[ParsedMessage]) -> None:
+        """Apply a selected take (see the module contract); takes must come in the order taken."""
+        if not take:
             return
-        now = datetime.now(UTC)  # one "now" per batch: a retry validates nothing differently
+        now = datetime.now(UTC)  # one "now" per take: a retry validates nothing differently
         deadline = time.monotonic() + self._budget
         delay = 0.05
         first = True
@@ -211,13 +218,13 @@ class BatchApplier:
             try:
                 async with self._pinned as session:
                     known = self._ledger.snapshot()
-                    stored = await session.watermarks({p.wm_field for p in batch})
+                    stored = await session.watermarks({p.wm_field for p in take})
                     lost = WatermarkLedger.lost(known, stored)
                     if lost:
                         raise WatermarkLost(lost)
                     fresh: list[ParsedMessage] = []
                     skipped: list[ParsedMessage] = []
-                    for p in batch:
+                    for p in take:
                         (fresh if p.message.offset > _mark(stored[p.wm_field]) else skipped).append(p)
                     if first:
                         self._count_redelivered(skipped, now)
@@ -229,7 +236,8 @@ class BatchApplier:
             except RETRIABLE as exc:
                 self._on_health(False)
                 if time.monotonic() + delay > deadline:
-                    raise BatchFailed(f"batch not applied within {self._budget:.0f} s: {exc!r}") from exc
+                    raise TakeFailed(f"take not applied within {self._budget:.0f} s: {exc!r}") from exc
+                # The log event keeps its name (worker.batch_*): operators and tests search for it.
                 log.warning("worker.batch_retry", error=repr(exc), delay=round(delay, 2))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -238,37 +246,26 @@ class BatchApplier:
         self, session: PinnedRedis, fresh: Sequence[ParsedMessage], now: datetime
     ) -> list[DeadLetter]:
         """One script call per chunk, in order; the next chunk is parsed and prepared while Redis
-        runs the current one, and its invalid events are dead-lettered (acknowledged by the
-        broker) before its script call. A chunk is only sent once the one before it succeeded."""
+        runs the current one (``OneInFlight``), and its invalid events are dead-lettered
+        (acknowledged by the broker) before its script call. A chunk is only sent once the one
+        before it succeeded."""
         refused: list[DeadLetter] = []
-        running: tuple[asyncio.Future[ApplyResult], _Chunk] | None = None
-        try:
+
+        def settled(result: ApplyResult, chunk: _Chunk) -> None:
+            self._ledger.raise_to(chunk.marks)
+            self._ops.record_apply(result, chunk.items, time.time(), chunk.sent_at)
+            refused.extend(self._refused(chunk, result))
+
+        async with OneInFlight(settled) as in_flight:
             for chunk in self._chunks(fresh, now):
                 prepared = session.prepare(chunk.items, chunk.marks)
                 if chunk.unlettered:
                     await self._dead_letter_invalid(chunk.unlettered)
-                if running is not None:
-                    refused += self._settled(await running[0], running[1])
-                running = (asyncio.ensure_future(session.execute(prepared)), chunk)
-                for _ in range(3):  # redis-py takes about three loop turns to write the request
-                    await asyncio.sleep(0)
-            if running is not None:
-                refused += self._settled(await running[0], running[1])
-                running = None
-        finally:
-            if running is not None and not running[0].done():  # we are failing: never leave it behind
-                running[0].cancel()
-                with contextlib.suppress(BaseException):
-                    await running[0]
+                await in_flight.start(partial(session.execute, prepared), chunk)
         return refused
 
-    def _settled(self, result: ApplyResult, chunk: _Chunk) -> list[DeadLetter]:
-        self._ledger.raise_to(chunk.marks)
-        self._ops.record_apply(result, chunk.items, time.time(), chunk.sent_at)
-        return self._refused(chunk, result)
-
     def _count_redelivered(self, skipped: Sequence[ParsedMessage], now: datetime) -> None:
-        """Once per batch: count the events of the messages the watermark skips (parsed only to
+        """Once per take: count the events of the messages the watermark skips (parsed only to
         be counted: they were applied and dead-lettered when first delivered)."""
         events = sum(self._parse(p, now).size for p in skipped)
         if events:
@@ -276,7 +273,7 @@ class BatchApplier:
 
     async def _dead_letter_invalid(self, messages: Sequence[ParsedMessage]) -> None:
         """Send the invalid events of ``messages`` and wait for the broker; only then are they
-        marked (a retry of the batch does not send them twice) and counted."""
+        marked (a retry of the take does not send them twice) and counted."""
         letters = [
             letter for p in messages for letter in _letters(p, [(i, r, r.field) for i, r in p.rejects])
         ]

@@ -41,7 +41,7 @@ FILE = "sales-wall.json"
 WINDOWS = ["24h", "7d", "30d", "90d"]
 PERIODS = ["today", "mtd", "qtd", "ytd"]
 TARGET_LEGEND = "{{kpi}} · {{scope}} · {{period}}"
-ALERT_LINE = "alert threshold (70% of 30d)"
+BASELINE_LINE = "30-day baseline"
 
 
 class Headline(NamedTuple):
@@ -113,23 +113,23 @@ def _conversion_trend() -> Panel:
     return time_series_panel(
         13,
         "Lead conversion: last 24h vs 30-day baseline",
-        "The SalesConversionDropped alert fires when the 24h line stays under the dashed line "
-        "for 30 minutes with at least 20 leads in the day.",
+        "Lead conversion over the last day against the month. The drop alerts compare counts "
+        "instead (a binomial z-score against each rate's own baseline, in total and per source "
+        "and segment): see docs/alerts.md.",
         at(0, 9, 12, 9),
         [
             Query(f"max({sel(Metric.CONVERSION_RATIO, window('24h'))})", "last 24h"),
-            Query(baseline, "30-day baseline"),
-            Query(f"0.7 * {baseline}", ALERT_LINE),
+            Query(baseline, BASELINE_LINE),
         ],
         unit="percentunit",
         decimals=1,
     ).override_by_name(
-        ALERT_LINE,
+        BASELINE_LINE,
         [
             dm.DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
             dm.DynamicConfigValue("custom.fillOpacity", 0),
             dm.DynamicConfigValue("custom.lineWidth", 1),
-            dm.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
+            dm.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "text"}),
         ],
     )
 

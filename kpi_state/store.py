@@ -73,26 +73,6 @@ MAX_AMOUNT = 1e9
 # The order of the fold counts apply.lua returns.
 FOLDED_DIMENSIONS = ("rep", "source", "segment")
 
-_TYPE_CODES = {
-    "lead.created": "LC",
-    "lead.qualified": "LQ",
-    "deal.created": "DC",
-    "deal.stage_changed": "DS",
-    "deal.won": "DW",
-    "deal.lost": "DL",
-    "spend.recorded": "SP",
-    "revenue.recorded": "RR",
-    "customer.churned": "CH",
-    "survey.answered": "SV",
-    "lead.updated": "LU",
-    "lead.deleted": "LX",
-    "lead.restored": "LR",
-    "deal.updated": "DU",
-    "deal.reopened": "DO",
-    "deal.deleted": "DX",
-    "deal.restored": "DR",
-}
-
 
 @dataclass(frozen=True)
 class SourcedEvent:
@@ -180,7 +160,7 @@ class FactBuilder:
         b = self._clock.bucket_ids(event.occurred_at, micros)
         f: dict[str, Any] = {
             "i": event.event_id,
-            "y": _TYPE_CODES[event.type],
+            "y": event.code,
             "t": micros,
             "m": str(b.minute),
             "h": str(b.hour),

@@ -30,7 +30,6 @@ Routes (every error body is JSON ``{"error": <code>, "message": ..., ...}``):
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +53,7 @@ from kpi_app.hooks_web import RawPublisher, hook_routes
 from kpi_app.ingest import Ingest, error, json_response
 from kpi_app.publishing import BrokerProbe, ProducerPublisher, Publisher
 from kpi_app.targets_api import targets_handler
+from kpi_state.collector import render_metrics
 from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.windows import WINDOW_NAMES
@@ -190,25 +190,13 @@ def create_app(
                 body["status"] = "degraded"
         return json_response(200 if ok else 503, body, {"Cache-Control": "no-store"})
 
-    # ---- /metrics hook: the one place that wires the Prometheus collector in. ----
-    # kpi_state.collector.render_metrics(reader, settings, include, accept) -> (body, content type);
-    # 503 until the collector module provides it. Looked up per scrape, so a broken or
-    # missing collector never stops the ingest and the API from starting.
+    # ---- /metrics: the one place that wires the Prometheus collector in. ----
     async def metrics(request: Request) -> Response:
         denied = refused(request, key_ok=False)
         if denied is not None:
             return denied
         try:
-            collector = importlib.import_module("kpi_state.collector")
-        except ModuleNotFoundError as exc:
-            if exc.name != "kpi_state.collector":
-                raise
-            collector = None
-        render = getattr(collector, "render_metrics", None)
-        if render is None:
-            return error(503, "metrics_unavailable", "the Prometheus collector is not installed")
-        try:
-            body, content_type = await render(
+            body, content_type = await render_metrics(
                 runtime.reader, settings, tuple(metrics_include), accept=request.headers.get("accept", "")
             )
         except REDIS_DOWN as exc:

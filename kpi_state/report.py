@@ -11,7 +11,6 @@ whatever the input.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -189,13 +188,3 @@ class KpiReader:
             "targets": self.evaluate_targets(targets, as_of, docs, current_doc),
             "current": current_doc,
         }
-
-
-def dimension_values(fields: Mapping[str, int]) -> dict[str, set[str]]:
-    """Distinct dimension values present in a set of bucket fields (for label capping)."""
-    out: dict[str, set[str]] = defaultdict(set)
-    for name in fields:
-        parts = name.split("|", 2)
-        if len(parts) == 3:
-            out[DIM_CODES[parts[1]]].add(parts[2])
-    return out

@@ -89,10 +89,6 @@ class WatermarkLedger:
     def snapshot(self) -> dict[str, int]:
         return dict(self._known)
 
-    @property
-    def fields(self) -> list[str]:
-        return sorted(self._known)
-
     @staticmethod
     def lost(known: Mapping[str, int], stored: Mapping[str, int | None]) -> dict[str, tuple[int, int]]:
         """``{field: (known, stored)}`` for every field Redis holds below what was known."""

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime, build_runtime
-from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
+from kpi_state import instants
 from kpi_state.settings import Settings
 from kpi_state.windows import WINDOW_NAMES
 
@@ -78,14 +78,9 @@ def parse_instant(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        ts = datetime.fromisoformat(value)
+        return instants.parse_instant(value, "--as-of")
     except ValueError as exc:
-        raise typer.BadParameter(f"not an RFC 3339 timestamp: {value!r}") from exc
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise typer.BadParameter("--as-of needs an offset (e.g. 2026-03-31T23:59:59Z)")
-    if not EARLIEST_INSTANT <= ts < LATEST_INSTANT:  # aware comparisons never overflow
-        raise typer.BadParameter("--as-of must be from 1970-01-01T00:00:00Z up to 2200-01-01T00:00:00Z")
-    return ts
+        raise typer.BadParameter(str(exc)) from exc
 
 
 def _require_files(files: list[str]) -> None:

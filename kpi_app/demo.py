@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.settings import Settings
 from kpi_state.targets import Target
 from streams.broker import EmbeddedBroker, free_port
+from streams.childproc import stop_groups
 
 log = structlog.get_logger(__name__)
 
@@ -102,18 +102,7 @@ class Children:
         return None
 
     def stop_all(self, timeout: float = 10.0) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_groups([proc for _, proc in reversed(self.procs)], timeout)
 
 
 def _kpi(*args: str) -> list[str]:

@@ -42,12 +42,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from kpi_state import kpis
-from kpi_state.kpis import Dim
+from kpi_state.kpis import DIMENSIONS, Dim
 from kpi_state.report import Counters, KpiReader, current_of, split_counters
 from kpi_state.settings import Settings
 from kpi_state.target_metrics import add_target_rows
 
-DIMS: tuple[Dim, ...] = ("rep", "source", "segment")
 OTHER = "other"
 SECONDS_PER_DAY = 86_400
 
@@ -293,11 +292,11 @@ def kpi_families(snapshot: KpiSnapshot, settings: Settings) -> list[KpiFamily]:
     current = current_of(snapshot.current)
     split = {name: split_counters(fields) for name, fields in snapshot.windows.items()}
     per_window = {name: dims for name, (_, dims) in split.items()}
-    kept = {dim: kept_values(per_window, dim, settings.label_cap) for dim in DIMS}
+    kept = {dim: kept_values(per_window, dim, settings.label_cap) for dim in DIMENSIONS}
     builder = _Builder(settings.currency)
     for window, (total, _) in split.items():
         builder.kpi_values(window, None, "", kpis.total_kpis(total, stages, current))
-    for dim in DIMS:
+    for dim in DIMENSIONS:
         for window, (_, dims) in split.items():
             for value, counters in fold(dims[dim], dim, kept[dim]):
                 builder.kpi_values(window, dim, value, kpis.dimension_kpis(counters, dim, stages))

@@ -9,7 +9,7 @@ handler per code; a unit test holds the two equal). Rules that depend on configu
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from kpi_state.instants import EARLIEST_INSTANT, LATEST_INSTANT
+
 
 def _must_be_string(value: Any) -> Any:
     if value is not None and not isinstance(value, str):
@@ -31,10 +33,7 @@ def _must_be_string(value: Any) -> Any:
     return value
 
 
-# Instants the store can place in buckets in any business timezone: year 1 or 9999 overflows the
-# local-time arithmetic west or east of UTC. Nothing a CRM sends about sales is from before 1970.
-EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+# The accepted range of instants: see kpi_state.instants.
 
 
 def _must_be_aware(value: datetime) -> datetime:

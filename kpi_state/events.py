@@ -17,11 +17,9 @@ import structlog
 from pydantic import ValidationError
 
 from kpi_state.event_models import (
-    EARLIEST_INSTANT,
     EVENT_ADAPTER,
     EVENT_MODELS,
     EVENT_TYPES,
-    LATEST_INSTANT,
     MONEY_EVENTS,
     TYPE_CODES,
     CustomerChurned,
@@ -44,6 +42,7 @@ from kpi_state.event_models import (
     SpendRecorded,
     SurveyAnswered,
 )
+from kpi_state.instants import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.settings import Settings
 
 __all__ = [

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kpi_state import kpis
-from kpi_state.kpis import DIM_CODES, DIM_KEYS, Current, Dim
+from kpi_state.kpis import DIM_CODES, DIM_KEYS, DIMENSIONS, Current, Dim
 from kpi_state.periods import CALENDAR_WINDOWS, calendar_groups
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
@@ -25,13 +25,12 @@ from kpi_state.targets_store import TargetStore
 from kpi_state.windows import WINDOWS, BucketClock, Window
 
 Counters = dict[str, int]
-_DIMS: tuple[Dim, ...] = ("rep", "source", "segment")
 
 
 def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[str, Counters]]]:
     """Bucket fields -> (total counters, {dim: {value: counters}})."""
     total: Counters = {}
-    dims: dict[Dim, dict[str, Counters]] = {"rep": {}, "source": {}, "segment": {}}
+    dims: dict[Dim, dict[str, Counters]] = {dim: {} for dim in DIMENSIONS}
     for name, value in fields.items():
         code, sep, rest = name.partition("|")
         if not sep:
@@ -128,7 +127,7 @@ class KpiReader:
     def window_document(self, fields: Mapping[str, int], current: Current) -> dict[str, Any]:
         total, dims = split_counters(fields)
         doc: dict[str, Any] = {"total": kpis.total_kpis(total, self._stages, current)}
-        for dim in _DIMS:
+        for dim in DIMENSIONS:
             doc[DIM_KEYS[dim]] = {
                 name: kpis.dimension_kpis(c, dim, self._stages)
                 for name, c in sorted(dims[dim].items())

@@ -34,7 +34,7 @@ import structlog
 
 from kpi_state import events as ev
 from kpi_state.events import Rejection
-from kpi_state.kpis import MICROS
+from kpi_state.kpis import DIMENSIONS, MICROS
 from kpi_state.settings import Settings
 from kpi_state.windows import (
     LONGEST_BUCKETS,
@@ -71,7 +71,7 @@ SUM_SCRIPT = lua_source("wide.lua") + lua_source("sum_windows.lua")
 MAX_AMOUNT = 1e9
 
 # The order of the fold counts apply.lua returns.
-FOLDED_DIMENSIONS = ("rep", "source", "segment")
+FOLDED_DIMENSIONS = DIMENSIONS
 
 
 @dataclass(frozen=True)

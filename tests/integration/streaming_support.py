@@ -30,6 +30,7 @@ from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.events import EventParser, Rejection
 from kpi_state.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
+from streams.childproc import signal_group
 from streams.deadletters import read_headers
 from streams.topics import partition_count
 from tests.conftest import new_settings, store_for
@@ -144,8 +145,7 @@ class Worker:
             return 0.0
 
     def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        signal_group(self.proc.pid, sig)
 
     def stop(self) -> None:
         self.signal(signal.SIGTERM)

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from kpi_app.bootstrap import build_runtime
 from kpi_app.demo_targets import sample_targets
+from kpi_app.show import fmt
 from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.settings import Settings
 from kpi_state.targets import Target
@@ -153,20 +154,14 @@ def demo_kafka(settings: Settings, logdir: Path) -> Iterator[str]:
 
 
 def summary_table(doc: dict[str, Any]) -> Table:
+    """The headline KPIs over four windows, each value formatted as ``kpi show`` does."""
     table = Table(title=f"Sales KPIs (as of {doc['as_of']})", expand=False)
     table.add_column("KPI")
     for window in ("1h", "24h", "7d", "30d"):
         table.add_column(window, justify="right")
 
     def cell(window: str, name: str) -> str:
-        value = doc["windows"][window]["total"].get(name)
-        if value is None:
-            return "—"
-        if name.endswith("rate"):
-            return f"{value:.1%}"
-        if isinstance(value, float):
-            return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-        return f"{value:,}"
+        return fmt(name, doc["windows"][window]["total"].get(name), doc["currency"])
 
     for name in (
         "leads",
@@ -182,10 +177,10 @@ def summary_table(doc: dict[str, Any]) -> Table:
         "nps",
     ):
         table.add_row(name, *(cell(w, name) for w in ("1h", "24h", "7d", "30d")))
-    pipeline = doc["current"]["pipeline"]
+    pipeline, currency = doc["current"]["pipeline"], doc["currency"]
     table.caption = (
-        f"pipeline: {pipeline['open_deals']:,} open deals, {pipeline['value']:,.0f} "
-        f"{doc['currency']} ({pipeline['weighted_value']:,.0f} weighted) · "
+        f"pipeline: {pipeline['open_deals']:,} open deals, {fmt('spend', pipeline['value'], currency)} "
+        f"({fmt('spend', pipeline['weighted_value'], currency)} weighted) · "
         f"active customers {doc['current']['active_customers']:,}"
     )
     return table

@@ -33,7 +33,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from kpi_app.bootstrap import build_runtime
+from kpi_app.bootstrap import build_runtime, sync_redis_client
 from kpi_app.demo_targets import sample_targets
 from kpi_app.show import fmt
 from kpi_app.simulation import SimConfig, simulate_history
@@ -49,7 +49,7 @@ DEMO_TOKEN = "demo-token"  # noqa: S105 - a local demo credential, printed for t
 
 def redis_answers(url: str) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = sync_redis_client(url, timeout=1)
         try:
             return bool(client.ping())
         finally:

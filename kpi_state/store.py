@@ -123,9 +123,9 @@ class FactBuilder:
     """Turns validated events into the compact facts apply.lua reads (bucket ids precomputed,
     money in integer micro-units of the reporting currency, defaults filled in)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, parser: ev.EventParser | None = None) -> None:
         self._clock = BucketClock(settings.tz)
-        self._parser = ev.EventParser(settings)
+        self._parser = parser or ev.EventParser(settings)
         self._first_stage = settings.stage_names[0]
         self._margin = settings.default_gross_margin
         self._currency = settings.currency
@@ -295,10 +295,12 @@ class FactBuilder:
 class KpiStore:
     """Atomic batch writes and raw reads of the KPI state in one namespace."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, parser: ev.EventParser | None = None
+    ) -> None:
         self._redis = client
         self.prefix = f"{settings.namespace}:"
-        self._facts = FactBuilder(settings)
+        self._facts = FactBuilder(settings, parser)
         self._script = client.register_script(APPLY_SCRIPT)
         self._sum_script = client.register_script(SUM_SCRIPT)
         keep = {

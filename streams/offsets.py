@@ -23,7 +23,7 @@ Contracts:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -108,11 +108,17 @@ class PinnedRedis:
     retried on a new connection.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        store_on: Callable[[aioredis.Redis], KpiStore] | None = None,
+    ) -> None:
         self._pipe = client.pipeline(transaction=True)
         # A store whose script calls go through the pinned connection (immediate mode while
         # WATCHing: the script runs at once and returns its reply, never queued in a MULTI).
-        self._store = KpiStore(self._pipe, settings)
+        # ``store_on``: the composition root's (kpi_app.bootstrap.Runtime.store_on).
+        self._store = store_on(self._pipe) if store_on else KpiStore(self._pipe, settings)
         self._offsets_key = self._store.prefix + "offsets"
         self._guard_key = f"{self._store.prefix}pin:{uuid.uuid4().hex}"  # never written
 

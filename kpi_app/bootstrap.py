@@ -62,6 +62,9 @@ def topic_spec(settings: Settings, *, hooks: bool = False) -> dict[str, int]:
 
 @dataclass
 class Runtime:
+    """The parts of one process. ``registry`` holds this process's ``kpi_*`` metrics (``ops``);
+    ``aclose`` closes the Redis client (producers and workers are closed by whoever made them)."""
+
     settings: Settings
     redis: aioredis.Redis
     parser: EventParser

@@ -13,8 +13,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from kpi_app.bootstrap import Runtime
-from kpi_app.cli import (
+from kpi_app.bootstrap import Runtime, build_runtime, opened_runtime, topic_spec
+from kpi_app.cli_common import (
     KafkaUrl,
     Namespace,
     RedisUrl,
@@ -96,7 +96,8 @@ def import_csv(
 
     async def to_topic() -> Any:
         with open(rejects_path, "wb") as out:  # noqa: ASYNC230 - one open; appends are buffered
-            return await import_to_topic(settings, mapper, file, out, bar)
+            async with opened_runtime(settings) as runtime:
+                return await import_to_topic(runtime, mapper, file, out, bar)
 
     if bar is not None:
         bar.start()
@@ -147,18 +148,10 @@ def hooks_worker(
     if supervise:
         options = {"--kafka-url": kafka_url, "--redis-url": redis_url, "--namespace": namespace}
         options |= {"--topic": topic, "--group": group, "--web-port": str(web_port), "--web-host": web_host}
-        topics = {
-            settings.topic: settings.topic_partitions,
-            settings.dlq_topic: settings.dlq_partitions,
-            settings.hooks_topic: settings.hooks_partitions,
-        }
-        run_supervised("hooks-worker", settings, options, topics)
-    from kpi_app.bootstrap import build_runtime
-    from streams.hooks_worker import HooksWorker
-
+        run_supervised("hooks-worker", settings, options, topic_spec(settings, hooks=True))
     runtime = build_runtime(settings)
     try:
-        worker = HooksWorker(settings, redis=runtime.redis, web_port=web_port, web_host=web_host)
+        worker = runtime.hooks_worker(web_port=web_port, web_host=web_host)
     except ValueError as exc:
         console.print(f"[red]invalid connector mapping:[/red] {exc}")
         raise typer.Exit(2) from exc

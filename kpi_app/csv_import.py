@@ -30,7 +30,6 @@ from rich.progress import Progress
 from connectors.csv_mapping import RowMapper, Skip
 from kpi_app.bootstrap import Runtime
 from kpi_state.events import Event, EventParser, Rejection
-from kpi_state.settings import Settings
 from kpi_state.store import Outcome
 
 SHOWN_PROBLEMS = 10  # skipped or refused rows printed by the command (all are in the rejects file)
@@ -89,8 +88,8 @@ def count_rows(path: Path) -> int:
 class _Validator:
     """The checks every input gets (EventParser) plus the store's amount limit."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._parser = EventParser(settings)
+    def __init__(self, parser: EventParser) -> None:
+        self._parser = parser
 
     def __call__(self, event: dict[str, Any], now: datetime) -> Event | Rejection:
         outcome = self._parser.parse_object(event, now)
@@ -102,10 +101,10 @@ class _Validator:
 class Importer:
     """Maps rows, validates their events, and hands batches to ``sink``."""
 
-    def __init__(self, settings: Settings, mapper: RowMapper, rejects: IO[bytes]) -> None:
-        self._settings = settings
+    def __init__(self, runtime: Runtime, mapper: RowMapper, rejects: IO[bytes]) -> None:
+        self._settings = runtime.settings
         self._mapper = mapper
-        self._validate = _Validator(settings)
+        self._validate = _Validator(runtime.parser)
         self._rejects = rejects
         self.summary = ImportSummary()
 
@@ -155,7 +154,7 @@ class Importer:
 async def import_to_store(
     runtime: Runtime, mapper: RowMapper, path: Path, rejects: IO[bytes], progress: Progress | None
 ) -> ImportSummary:
-    importer = Importer(runtime.settings, mapper, rejects)
+    importer = Importer(runtime, mapper, rejects)
     size = runtime.settings.batch_size
     pending: list[_Row] = []
 
@@ -186,19 +185,12 @@ async def import_to_store(
 
 
 async def import_to_topic(
-    settings: Settings, mapper: RowMapper, path: Path, rejects: IO[bytes], progress: Progress | None
+    runtime: Runtime, mapper: RowMapper, path: Path, rejects: IO[bytes], progress: Progress | None
 ) -> ImportSummary:
-    from streams.broker import bootstrap_servers
-    from streams.producer import EventProducer
-    from streams.topics import ensure_topics
-
-    if not settings.kafka_url:
-        raise ValueError("no Kafka URL: set KPI_KAFKA_URL or pass --kafka-url")
-    bootstrap = bootstrap_servers(settings.kafka_url)
-    topics = {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.dlq_partitions}
-    await ensure_topics(bootstrap, topics)
-    importer = Importer(settings, mapper, rejects)
-    async with EventProducer(bootstrap, settings.topic, client_id="kpi-import", linger_ms=20) as producer:
+    settings = runtime.settings
+    await runtime.ensure_topics()
+    importer = Importer(runtime, mapper, rejects)
+    async with runtime.producer(client_id="kpi-import", linger_ms=20) as producer:
         chunk: list[dict[str, Any]] = []
         for row in importer.rows(path, progress):
             # Only the events that passed validation; the raw dicts, as on every other producer.

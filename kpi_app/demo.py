@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,14 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from kpi_app.bootstrap import build_runtime
+from kpi_app.bootstrap import build_runtime, sync_redis_client
 from kpi_app.demo_targets import sample_targets
+from kpi_app.show import fmt
 from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.settings import Settings
 from kpi_state.targets import Target
 from streams.broker import EmbeddedBroker, free_port
+from streams.childproc import stop_groups
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +49,7 @@ DEMO_TOKEN = "demo-token"  # noqa: S105 - a local demo credential, printed for t
 
 def redis_answers(url: str) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = sync_redis_client(url, timeout=1)
         try:
             return bool(client.ping())
         finally:
@@ -102,18 +103,7 @@ class Children:
         return None
 
     def stop_all(self, timeout: float = 10.0) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_groups([proc for _, proc in reversed(self.procs)], timeout)
 
 
 def _kpi(*args: str) -> list[str]:
@@ -164,20 +154,14 @@ def demo_kafka(settings: Settings, logdir: Path) -> Iterator[str]:
 
 
 def summary_table(doc: dict[str, Any]) -> Table:
+    """The headline KPIs over four windows, each value formatted as ``kpi show`` does."""
     table = Table(title=f"Sales KPIs (as of {doc['as_of']})", expand=False)
     table.add_column("KPI")
     for window in ("1h", "24h", "7d", "30d"):
         table.add_column(window, justify="right")
 
     def cell(window: str, name: str) -> str:
-        value = doc["windows"][window]["total"].get(name)
-        if value is None:
-            return "—"
-        if name.endswith("rate"):
-            return f"{value:.1%}"
-        if isinstance(value, float):
-            return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-        return f"{value:,}"
+        return fmt(name, doc["windows"][window]["total"].get(name), doc["currency"])
 
     for name in (
         "leads",
@@ -193,10 +177,10 @@ def summary_table(doc: dict[str, Any]) -> Table:
         "nps",
     ):
         table.add_row(name, *(cell(w, name) for w in ("1h", "24h", "7d", "30d")))
-    pipeline = doc["current"]["pipeline"]
+    pipeline, currency = doc["current"]["pipeline"], doc["currency"]
     table.caption = (
-        f"pipeline: {pipeline['open_deals']:,} open deals, {pipeline['value']:,.0f} "
-        f"{doc['currency']} ({pipeline['weighted_value']:,.0f} weighted) · "
+        f"pipeline: {pipeline['open_deals']:,} open deals, {fmt('spend', pipeline['value'], currency)} "
+        f"({fmt('spend', pipeline['weighted_value'], currency)} weighted) · "
         f"active customers {doc['current']['active_customers']:,}"
     )
     return table

@@ -24,11 +24,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from kpi_app.bootstrap import Runtime
 from kpi_app.simulation import LiveSimulator, SimConfig, scaled_for_rate
-from kpi_state.settings import Settings
-from streams.broker import bootstrap_servers
-from streams.producer import EventProducer
-from streams.topics import ensure_topics
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +49,7 @@ class LiveSummary:
 
 
 async def publish_live(
-    settings: Settings,
+    runtime: Runtime,
     config: SimConfig,
     *,
     rate: float,
@@ -61,13 +58,12 @@ async def publish_live(
     tick: float = 0.25,
     stop: asyncio.Event | None = None,
 ) -> LiveSummary:
+    settings = runtime.settings
     if not settings.kafka_url:
         raise ValueError("no Kafka URL: set KPI_KAFKA_URL or pass --kafka-url")
     if history_days < 0 or tick <= 0 or (duration is not None and duration < 0):
         raise ValueError("history_days and duration must be >= 0, tick > 0")
-    bootstrap = bootstrap_servers(settings.kafka_url)
-    topics = {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.dlq_partitions}
-    await ensure_topics(bootstrap, topics)
+    await runtime.ensure_topics()
     stop = stop or asyncio.Event()
     summary = LiveSummary()
     started = time.monotonic()
@@ -77,7 +73,7 @@ async def publish_live(
         config = replace(config, drop_at=now)
     sim = LiveSimulator(config)
     size = settings.message_batch
-    async with EventProducer(bootstrap, settings.topic, client_id="kpi-simulate") as producer:
+    async with runtime.producer(client_id="kpi-simulate") as producer:
         t = now - timedelta(days=history_days / config.time_scale)
         while t < now and not stop.is_set():
             step = min(now, t + sim.chunk)

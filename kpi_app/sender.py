@@ -22,12 +22,10 @@ from typing import Any
 import orjson
 from rich.progress import Progress
 
+from kpi_app.bootstrap import Runtime
 from kpi_app.jsonl import read_lines
 from kpi_state.events import EventParser, Rejection
-from kpi_state.settings import Settings
-from streams.broker import bootstrap_servers
-from streams.producer import EventProducer, event_key
-from streams.topics import ensure_topics
+from streams.producer import event_key
 
 _NOW_EVERY = 1000  # lines between refreshes of the clock used for the future-skew check
 
@@ -58,8 +56,8 @@ def _raw_key(line: bytes) -> bytes | None:
 
 
 class _Validator:
-    def __init__(self, settings: Settings) -> None:
-        self._parser = EventParser(settings)
+    def __init__(self, parser: EventParser) -> None:
+        self._parser = parser
         self._now = datetime.now(UTC)
         self._count = 0
 
@@ -81,21 +79,17 @@ class _Validator:
 
 
 async def send_files(
-    settings: Settings,
+    runtime: Runtime,
     names: Sequence[str],
     *,
     batch: int,
     raw: bool = False,
     progress: Progress | None = None,
 ) -> SendSummary:
-    if not settings.kafka_url:
-        raise ValueError("no Kafka URL: set KPI_KAFKA_URL or pass --kafka-url")
-    bootstrap = bootstrap_servers(settings.kafka_url)
-    topics = {settings.topic: settings.topic_partitions, settings.dlq_topic: settings.dlq_partitions}
-    await ensure_topics(bootstrap, topics)
+    await runtime.ensure_topics()
     summary = SendSummary()
-    validate = _Validator(settings)
-    async with EventProducer(bootstrap, settings.topic, client_id="kpi-send", linger_ms=20) as producer:
+    validate = _Validator(runtime.parser)
+    async with runtime.producer(client_id="kpi-send", linger_ms=20) as producer:
         chunk: list[dict[str, Any]] = []
         for line in (entry.raw for entry in read_lines(names, progress)):
             summary.lines += 1

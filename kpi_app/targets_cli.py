@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from kpi_app.bootstrap import Runtime
-from kpi_app.cli import Namespace, RedisUrl, load_settings, parse_instant, run_with_runtime
+from kpi_app.cli_common import Namespace, RedisUrl, load_settings, parse_instant, run_with_runtime
 from kpi_state.targets import TargetsRefused, parse_targets_text
 
 targets_app = typer.Typer(no_args_is_help=True, help="Targets (quotas): load a file, show the figures.")

@@ -34,7 +34,6 @@ Routes (every error body is JSON ``{"error": <code>, "message": ..., ...}``):
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -59,7 +58,9 @@ from kpi_app.hooks_web import RawPublisher, hook_routes
 from kpi_app.ingest import Ingest, error, json_response
 from kpi_app.publishing import BrokerProbe, ProducerPublisher, Publisher
 from kpi_app.targets_api import targets_handler
-from kpi_state.events import EARLIEST_INSTANT, LATEST_INSTANT
+from kpi_state.collector import render_metrics
+from kpi_state.instants import parse_instant
+from kpi_state.kpis import DIM_KEYS
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.windows import WINDOW_NAMES
 
@@ -68,7 +69,7 @@ __all__ = ["BrokerProbe", "ProducerPublisher", "Publisher", "create_app"]
 log = structlog.get_logger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DIMENSIONS = {"rep": "by_rep", "source": "by_source", "segment": "by_segment"}
+DIMENSIONS = {dim: key for dim, key in DIM_KEYS.items() if dim != "total"}
 HEALTH_TIMEOUT_SECONDS = 2.0
 # The wall page loads nothing from elsewhere; the browser enforces it.
 PAGE_CSP = (
@@ -82,10 +83,6 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),  # a view key in the page URL never leaves in a Referer
     (b"x-frame-options", b"DENY"),
 )
-# as_of outside [1970, 2200) is a mistake, and near year 1 or 9999 the bucket arithmetic
-# in a zone west or east of UTC leaves the datetime range.
-# Same range as an event's occurred_at: outside it the business-timezone arithmetic overflows.
-AS_OF_MIN, AS_OF_MAX = EARLIEST_INSTANT, LATEST_INSTANT
 # What a Redis that is down or unreachable raises through redis-py (or the socket under it).
 REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
@@ -98,18 +95,9 @@ def parse_as_of(raw: str | None) -> datetime | None:
     if raw is None or not raw.strip():
         return None
     try:
-        ts = datetime.fromisoformat(raw.strip())
+        return parse_instant(raw.strip(), "as_of")
     except ValueError as exc:
-        raise _QueryError(f"as_of is not an RFC 3339 timestamp: {raw!r}") from exc
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        raise _QueryError("as_of needs an offset (e.g. 2026-03-31T23:59:59Z)")
-    try:
-        in_range = AS_OF_MIN <= ts < AS_OF_MAX
-    except OverflowError:
-        in_range = False
-    if not in_range:
-        raise _QueryError("as_of must be from 1970-01-01T00:00:00Z up to 2200-01-01T00:00:00Z")
-    return ts
+        raise _QueryError(str(exc)) from exc
 
 
 def _names(raw: str | None, allowed: Sequence[str], what: str) -> list[str] | None:
@@ -203,25 +191,13 @@ def create_app(
                 body["status"] = "degraded"
         return json_response(200 if ok else 503, body, {"Cache-Control": "no-store"})
 
-    # ---- /metrics hook: the one place that wires the Prometheus collector in. ----
-    # kpi_state.collector.render_metrics(reader, settings, include, accept) -> (body, content type);
-    # 503 until the collector module provides it. Looked up per scrape, so a broken or
-    # missing collector never stops the ingest and the API from starting.
+    # ---- /metrics: the one place that wires the Prometheus collector in. ----
     async def metrics(request: Request) -> Response:
         denied = refused(request, key_ok=False)
         if denied is not None:
             return denied
         try:
-            collector = importlib.import_module("kpi_state.collector")
-        except ModuleNotFoundError as exc:
-            if exc.name != "kpi_state.collector":
-                raise
-            collector = None
-        render = getattr(collector, "render_metrics", None)
-        if render is None:
-            return error(503, "metrics_unavailable", "the Prometheus collector is not installed")
-        try:
-            body, content_type = await render(
+            body, content_type = await render_metrics(
                 runtime.reader, settings, tuple(metrics_include), accept=request.headers.get("accept", "")
             )
         except REDIS_DOWN as exc:

@@ -22,7 +22,8 @@ Contract:
   the same way in every window, and within a window every family of a dimension
   carries the same label values. The store caps each dimension at write time first
   (``settings.dimension_cap``, larger; lua/apply.lua), so this read-time cap works on at
-  most ``dimension_cap + 3`` values and a scrape's cost is bounded whatever the input.
+  most ``dimension_cap + 3`` values and a scrape's cost is bounded whatever the input. The
+  ranking and folding are ``kpi_state.label_cap`` (pure).
 - The Redis client is asyncio and collectors are synchronous: the scrape path
   awaits ``read_snapshot`` and then encodes that snapshot (``render_metrics``; or
   ``scrape_registry`` for a registry around it), so concurrent scrapes share nothing.
@@ -42,13 +43,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from kpi_state import kpis
-from kpi_state.kpis import Dim
-from kpi_state.report import Counters, KpiReader, current_of, split_counters
+from kpi_state.kpis import DIMENSIONS, Dim
+from kpi_state.label_cap import fold, kept_values
+from kpi_state.report import KpiReader, current_of, split_counters
 from kpi_state.settings import Settings
 from kpi_state.target_metrics import add_target_rows
 
-DIMS: tuple[Dim, ...] = ("rep", "source", "segment")
-OTHER = "other"
 SECONDS_PER_DAY = 86_400
 
 MONEY_KPIS = frozenset(
@@ -137,55 +137,6 @@ async def read_snapshot(reader: KpiReader, as_of: datetime | None = None) -> Kpi
     current = reader.current(cur)
     evaluated = reader.evaluate_targets_from_fields(targets, when, windows, current) if targets else []
     return KpiSnapshot(as_of=when, windows=windows, current=current, targets=evaluated)
-
-
-def importance(counters: Mapping[str, int]) -> tuple[int, int]:
-    """(money, activity) of one dimension value; larger is more important."""
-    c = counters.get
-    money = c(kpis.REVENUE_WON, 0) + c(kpis.SPEND, 0)
-    activity = c(kpis.LEADS, 0) + c(kpis.DEALS_CREATED, 0) + c(kpis.DEALS_WON, 0) + c(kpis.DEALS_LOST, 0)
-    activity += sum(v for k, v in counters.items() if k.startswith(kpis.STAGE_PREFIX))
-    return money, activity
-
-
-def kept_values(
-    per_window: Mapping[str, Mapping[Dim, Mapping[str, Counters]]], dim: Dim, cap: int
-) -> frozenset[str] | None:
-    """Values of ``dim`` that keep their own label, or None when no cap applies."""
-    universe = {
-        value
-        for dims in per_window.values()
-        for value, counters in dims[dim].items()
-        if kpis.has_contribution(counters, dim)
-    }
-    if len(universe) <= cap:
-        return None
-    lifetime = per_window["all"][dim] if "all" in per_window else {}
-
-    def rank(value: str) -> tuple[int, int, str]:
-        money, activity = importance(lifetime.get(value, {}))
-        return -money, -activity, value
-
-    ranked = sorted((v for v in universe if v != OTHER), key=rank)
-    return frozenset(ranked[: cap - 1])
-
-
-def fold(values: Mapping[str, Counters], dim: Dim, kept: frozenset[str] | None) -> list[tuple[str, Counters]]:
-    """The exported (label value, counters) of one dimension in one window, sorted by name."""
-    listed = [(v, c) for v, c in sorted(values.items()) if kpis.has_contribution(c, dim)]
-    if kept is None:
-        return listed
-    out: list[tuple[str, Counters]] = []
-    rest: Counters = {}
-    for value, counters in listed:
-        if value in kept:
-            out.append((value, counters))
-            continue
-        for code, n in counters.items():
-            rest[code] = rest.get(code, 0) + n
-    if kpis.has_contribution(rest, dim):
-        out.append((OTHER, rest))
-    return out
 
 
 @dataclass
@@ -293,11 +244,11 @@ def kpi_families(snapshot: KpiSnapshot, settings: Settings) -> list[KpiFamily]:
     current = current_of(snapshot.current)
     split = {name: split_counters(fields) for name, fields in snapshot.windows.items()}
     per_window = {name: dims for name, (_, dims) in split.items()}
-    kept = {dim: kept_values(per_window, dim, settings.label_cap) for dim in DIMS}
+    kept = {dim: kept_values(per_window, dim, settings.label_cap) for dim in DIMENSIONS}
     builder = _Builder(settings.currency)
     for window, (total, _) in split.items():
         builder.kpi_values(window, None, "", kpis.total_kpis(total, stages, current))
-    for dim in DIMS:
+    for dim in DIMENSIONS:
         for window, (_, dims) in split.items():
             for value, counters in fold(dims[dim], dim, kept[dim]):
                 builder.kpi_values(window, dim, value, kpis.dimension_kpis(counters, dim, stages))

@@ -1,8 +1,8 @@
-"""CRM events (DESIGN section 2): one frozen model per type, one discriminated union.
+"""Parsing CRM events: bytes in, a validated ``Event`` or a ``Rejection`` out, never an exception.
 
-Every entry point (replay, the faust agent, HTTP ingest) goes through
-``EventParser``: bytes in, a validated ``Event`` or a ``Rejection`` out, never an
-exception.  Rules that depend on configuration (stages, currencies, the
+Every entry point (replay, the faust agent, HTTP ingest) goes through ``EventParser``. The models
+themselves live in ``kpi_state.event_models`` and are re-exported here, so ``kpi_state.events``
+stays the one import for callers; rules that depend on configuration (stages, currencies, the
 future-skew clock) are checked after the model, in the parser.
 """
 
@@ -10,25 +10,76 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictInt,
-    StrictStr,
-    TypeAdapter,
-    ValidationError,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import ValidationError
 
+from kpi_state.event_models import (
+    EVENT_ADAPTER,
+    EVENT_MODELS,
+    EVENT_TYPES,
+    MONEY_EVENTS,
+    TYPE_CODES,
+    CustomerChurned,
+    DealCreated,
+    DealDeleted,
+    DealLost,
+    DealReopened,
+    DealRestored,
+    DealStageChanged,
+    DealUpdated,
+    DealWon,
+    Event,
+    LeadCreated,
+    LeadDeleted,
+    LeadQualified,
+    LeadRestored,
+    LeadUpdated,
+    MoneyEvent,
+    RevenueRecorded,
+    SpendRecorded,
+    SurveyAnswered,
+)
+from kpi_state.instants import EARLIEST_INSTANT, LATEST_INSTANT
 from kpi_state.settings import Settings
+
+__all__ = [
+    "EARLIEST_INSTANT",
+    "EVENT_ADAPTER",
+    "EVENT_MODELS",
+    "EVENT_TYPES",
+    "LATEST_INSTANT",
+    "MONEY_EVENTS",
+    "REJECTION_REASONS",
+    "TYPE_CODES",
+    "CustomerChurned",
+    "DealCreated",
+    "DealDeleted",
+    "DealLost",
+    "DealReopened",
+    "DealRestored",
+    "DealStageChanged",
+    "DealUpdated",
+    "DealWon",
+    "Event",
+    "EventParser",
+    "LeadCreated",
+    "LeadDeleted",
+    "LeadQualified",
+    "LeadRestored",
+    "LeadUpdated",
+    "MoneyEvent",
+    "Rejection",
+    "RevenueRecorded",
+    "SpendRecorded",
+    "SurveyAnswered",
+    "message_elements",
+    "rejection_from",
+    "unprocessable",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -44,246 +95,6 @@ class Rejection(NamedTuple):
         return {"reason": self.reason, "field": self.field, "detail": self.detail}
 
 
-def _must_be_string(value: Any) -> Any:
-    if value is not None and not isinstance(value, str):
-        raise PydanticCustomError("timestamp_not_string", "occurred_at must be an RFC 3339 string")
-    return value
-
-
-# Instants the store can place in buckets in any business timezone: year 1 or 9999 overflows the
-# local-time arithmetic west or east of UTC. Nothing a CRM sends about sales is from before 1970.
-EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-def _must_be_aware(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise PydanticCustomError("naive_timestamp", "timestamp has no UTC offset")
-    # Aware comparisons never overflow, whatever the offset (astimezone near year 1 would).
-    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
-        raise PydanticCustomError(
-            "timestamp_out_of_range", "timestamp must be from 1970-01-01 to 2199-12-31 (UTC)"
-        )
-    return value
-
-
-def _dimension(value: str) -> str | None:
-    trimmed = value.strip()
-    if not trimmed:
-        return None
-    if len(trimmed) > 64:
-        raise PydanticCustomError("too_long", "longer than 64 characters after trimming")
-    return trimmed
-
-
-def _required_dimension(value: str) -> str:
-    trimmed = _dimension(value)
-    if trimmed is None:
-        raise PydanticCustomError("blank_dimension", "required field is empty after trimming")
-    return trimmed
-
-
-def _amount(value: float) -> float:
-    if not math.isfinite(value):
-        raise PydanticCustomError("not_finite", "amount must be finite")
-    if value < 0:
-        raise PydanticCustomError("negative_amount", "amount must be >= 0")
-    return value
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "a JSON number is required")
-    return value
-
-
-Identifier = Annotated[StrictStr, Field(min_length=1, max_length=128)]
-Dimension = Annotated[StrictStr, AfterValidator(_dimension)]
-RequiredDimension = Annotated[StrictStr, AfterValidator(_required_dimension)]
-Amount = Annotated[float, BeforeValidator(_no_bool), Field(strict=True), AfterValidator(_amount)]
-Timestamp = Annotated[datetime, BeforeValidator(_must_be_string), AfterValidator(_must_be_aware)]
-Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
-Stage = Annotated[StrictStr, Field(min_length=1, max_length=64)]
-
-
-class _EventBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    event_id: Identifier
-    occurred_at: Timestamp
-
-
-class LeadCreated(_EventBase):
-    type: Literal["lead.created"]
-    lead_id: Identifier
-    source: Dimension | None = None
-    segment: Dimension | None = None
-    rep_id: Dimension | None = None
-
-
-class LeadQualified(_EventBase):
-    type: Literal["lead.qualified"]
-    lead_id: Identifier
-
-
-class DealCreated(_EventBase):
-    type: Literal["deal.created"]
-    deal_id: Identifier
-    # Optional since contract v2: a CRM often sends the owner and amount in later updates.
-    rep_id: Dimension | None = None
-    amount: Amount | None = None
-    currency: Currency | None = None
-    lead_id: Identifier | None = None
-    stage: Stage | None = None
-
-
-class DealStageChanged(_EventBase):
-    type: Literal["deal.stage_changed"]
-    deal_id: Identifier
-    to_stage: Stage
-    from_stage: Stage | None = None
-    rep_id: Dimension | None = None
-    amount: Amount | None = None
-    currency: Currency | None = None
-
-
-class DealWon(_EventBase):
-    type: Literal["deal.won"]
-    deal_id: Identifier
-    customer_id: Identifier
-    rep_id: RequiredDimension
-    amount: Amount
-    currency: Currency | None = None
-    lead_id: Identifier | None = None
-
-
-class DealLost(_EventBase):
-    type: Literal["deal.lost"]
-    deal_id: Identifier
-    rep_id: RequiredDimension
-    lead_id: Identifier | None = None
-    reason: StrictStr | None = None
-
-
-class SpendRecorded(_EventBase):
-    type: Literal["spend.recorded"]
-    amount: Amount
-    currency: Currency | None = None
-    category: Literal["marketing", "sales"]
-    source: Dimension | None = None
-
-
-class RevenueRecorded(_EventBase):
-    type: Literal["revenue.recorded"]
-    customer_id: Identifier
-    amount: Amount
-    currency: Currency | None = None
-    gross_margin: Annotated[float, BeforeValidator(_no_bool), Field(strict=True, ge=0, le=1)] | None = None
-
-
-class CustomerChurned(_EventBase):
-    type: Literal["customer.churned"]
-    customer_id: Identifier
-
-
-class SurveyAnswered(_EventBase):
-    type: Literal["survey.answered"]
-    kind: Literal["nps", "csat"]
-    score: StrictInt
-    customer_id: Identifier | None = None
-
-
-# -- contract v2: corrections (DESIGN section 2). Each attribute takes its latest statement.
-
-
-class LeadUpdated(_EventBase):
-    type: Literal["lead.updated"]
-    lead_id: Identifier
-    source: Dimension | None = None
-    segment: Dimension | None = None
-    rep_id: Dimension | None = None
-
-
-class LeadDeleted(_EventBase):
-    type: Literal["lead.deleted"]
-    lead_id: Identifier
-
-
-class LeadRestored(_EventBase):
-    type: Literal["lead.restored"]
-    lead_id: Identifier
-
-
-class DealUpdated(_EventBase):
-    type: Literal["deal.updated"]
-    deal_id: Identifier
-    amount: Amount | None = None
-    currency: Currency | None = None
-    rep_id: Dimension | None = None
-    lead_id: Identifier | None = None
-
-
-class DealReopened(_EventBase):
-    type: Literal["deal.reopened"]
-    deal_id: Identifier
-    stage: Stage | None = None
-    rep_id: Dimension | None = None
-
-
-class DealDeleted(_EventBase):
-    type: Literal["deal.deleted"]
-    deal_id: Identifier
-
-
-class DealRestored(_EventBase):
-    type: Literal["deal.restored"]
-    deal_id: Identifier
-
-
-Event = Annotated[
-    LeadCreated
-    | LeadQualified
-    | DealCreated
-    | DealStageChanged
-    | DealWon
-    | DealLost
-    | SpendRecorded
-    | RevenueRecorded
-    | CustomerChurned
-    | SurveyAnswered
-    | LeadUpdated
-    | LeadDeleted
-    | LeadRestored
-    | DealUpdated
-    | DealReopened
-    | DealDeleted
-    | DealRestored,
-    Field(discriminator="type"),
-]
-EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-MoneyEvent = DealCreated | DealStageChanged | DealWon | SpendRecorded | RevenueRecorded | DealUpdated
-MONEY_EVENTS = (DealCreated, DealStageChanged, DealWon, SpendRecorded, RevenueRecorded, DealUpdated)
-# Every event type, in one order shared by the tables below.
-_MODELS: tuple[type[_EventBase], ...] = (
-    LeadCreated,
-    LeadQualified,
-    DealCreated,
-    DealStageChanged,
-    DealWon,
-    DealLost,
-    SpendRecorded,
-    RevenueRecorded,
-    CustomerChurned,
-    SurveyAnswered,
-    LeadUpdated,
-    LeadDeleted,
-    LeadRestored,
-    DealUpdated,
-    DealReopened,
-    DealDeleted,
-    DealRestored,
-)
-EVENT_TYPES: tuple[str, ...] = tuple(get_args(model.model_fields["type"].annotation)[0] for model in _MODELS)
 # An update must state at least one attribute: (the fields it may state, in the order named).
 _STATED: dict[str, tuple[str, ...]] = {
     "lead.updated": ("source", "segment", "rep_id"),
@@ -293,7 +104,7 @@ _STATED: dict[str, tuple[str, ...]] = {
 _REQUIRED: dict[str, tuple[str, ...]] = {
     # Model field order, so the field named for an event missing several is deterministic.
     name: tuple(f for f, info in model.model_fields.items() if info.is_required() and f != "type")
-    for name, model in zip(EVENT_TYPES, _MODELS, strict=True)
+    for name, model in zip(EVENT_TYPES, EVENT_MODELS, strict=True)
 }
 
 # Every reason a Rejection can carry (the closed vocabulary of kpi_events_rejected_total).

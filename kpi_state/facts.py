@@ -15,27 +15,6 @@ from kpi_state.kpis import MICROS
 from kpi_state.settings import Settings
 from kpi_state.windows import BucketClock, epoch_micros
 
-# The "y" type code of each event type (apply_handlers.lua dispatches on it).
-_TYPE_CODES = {
-    "lead.created": "LC",
-    "lead.qualified": "LQ",
-    "deal.created": "DC",
-    "deal.stage_changed": "DS",
-    "deal.won": "DW",
-    "deal.lost": "DL",
-    "spend.recorded": "SP",
-    "revenue.recorded": "RR",
-    "customer.churned": "CH",
-    "survey.answered": "SV",
-    "lead.updated": "LU",
-    "lead.deleted": "LX",
-    "lead.restored": "LR",
-    "deal.updated": "DU",
-    "deal.reopened": "DO",
-    "deal.deleted": "DX",
-    "deal.restored": "DR",
-}
-
 
 def _micros(amount: float) -> int:
     return round(amount * MICROS)
@@ -45,9 +24,9 @@ class FactBuilder:
     """Turns validated events into the compact facts apply.lua reads (bucket ids precomputed,
     money in integer micro-units of the reporting currency, defaults filled in)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, parser: ev.EventParser | None = None) -> None:
         self._clock = BucketClock(settings.tz)
-        self._parser = ev.EventParser(settings)
+        self._parser = parser or ev.EventParser(settings)
         self._first_stage = settings.stage_names[0]
         self._margin = settings.default_gross_margin
         self._currency = settings.currency
@@ -78,7 +57,7 @@ class FactBuilder:
         b = self._clock.bucket_ids(event.occurred_at, micros)
         f: dict[str, Any] = {
             "i": event.event_id,
-            "y": _TYPE_CODES[event.type],
+            "y": event.code,  # apply_handlers.lua dispatches on it
             "t": micros,
             "m": str(b.minute),
             "h": str(b.hour),

@@ -15,6 +15,8 @@ from itertools import pairwise
 from typing import Literal
 
 Dim = Literal["total", "rep", "source", "segment"]
+# The dimensions a KPI is broken down by, in the one order every table of them follows.
+DIMENSIONS: tuple[Dim, ...] = ("rep", "source", "segment")
 DIM_CODES: dict[str, Dim] = {"r": "rep", "s": "source", "g": "segment"}
 DIM_KEYS: dict[Dim, str] = {"rep": "by_rep", "source": "by_source", "segment": "by_segment", "total": "total"}
 

@@ -1,8 +1,8 @@
 """Operational metrics of one process (``kpi_*``, docs/metrics.md "Operational").
 
 Contract: every metric lives on the registry passed in (never the global one), and
-counts what *this* process did; Prometheus sums over instances. The worker, replay
-and HTTP ingest report through ``OpMetrics`` and nothing else touches the metrics.
+counts what *this* process did; Prometheus sums over instances. The worker and HTTP
+ingest report through ``OpMetrics`` and nothing else touches the metrics.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ class OpMetrics:
         """Account for one ``KpiStore.apply(events)`` that returned ``result``.
 
         ``now``: processing clock (epoch s) right after the apply. ``sent_at``: the
-        Kafka message timestamp (epoch s) of each event, aligned with ``events``; None
-        for replay and HTTP, which have no message timestamp and observe no latency.
+        Kafka message timestamp (epoch s) of each event, aligned with ``events``; without
+        it no event-to-state latency is observed.
         The rejections in ``result`` (conflicts, amounts out of range) are counted
         here; validation rejections go through ``record_rejection``.
         """

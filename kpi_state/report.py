@@ -11,13 +11,12 @@ whatever the input.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from kpi_state import keys, kpis
-from kpi_state.kpis import DIM_CODES, DIM_KEYS, Current, Dim
+from kpi_state.kpis import DIM_CODES, DIM_KEYS, DIMENSIONS, Current, Dim
 from kpi_state.periods import CALENDAR_WINDOWS, calendar_groups
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
@@ -26,13 +25,12 @@ from kpi_state.targets_store import TargetStore
 from kpi_state.windows import WINDOWS, BucketClock, Window
 
 Counters = dict[str, int]
-_DIMS: tuple[Dim, ...] = ("rep", "source", "segment")
 
 
 def split_counters(fields: Mapping[str, int]) -> tuple[Counters, dict[Dim, dict[str, Counters]]]:
     """Bucket fields -> (total counters, {dim: {value: counters}})."""
     total: Counters = {}
-    dims: dict[Dim, dict[str, Counters]] = {"rep": {}, "source": {}, "segment": {}}
+    dims: dict[Dim, dict[str, Counters]] = {dim: {} for dim in DIMENSIONS}
     for name, value in fields.items():
         parts = keys.split_field(name)
         if parts is None:
@@ -130,7 +128,7 @@ class KpiReader:
     def window_document(self, fields: Mapping[str, int], current: Current) -> dict[str, Any]:
         total, dims = split_counters(fields)
         doc: dict[str, Any] = {"total": kpis.total_kpis(total, self._stages, current)}
-        for dim in _DIMS:
+        for dim in DIMENSIONS:
             doc[DIM_KEYS[dim]] = {
                 name: kpis.dimension_kpis(c, dim, self._stages)
                 for name, c in sorted(dims[dim].items())
@@ -190,13 +188,3 @@ class KpiReader:
             "targets": self.evaluate_targets(targets, as_of, docs, current_doc),
             "current": current_doc,
         }
-
-
-def dimension_values(fields: Mapping[str, int]) -> dict[str, set[str]]:
-    """Distinct dimension values present in a set of bucket fields (for label capping)."""
-    out: dict[str, set[str]] = defaultdict(set)
-    for name in fields:
-        parts = keys.split_field(name)
-        if parts is not None:
-            out[DIM_CODES[parts[1]]].add(parts[2])
-    return out

@@ -21,6 +21,7 @@ from kpi_state import events as ev
 from kpi_state.events import Rejection
 from kpi_state.facts import FactBuilder
 from kpi_state.keys import KeyLayout
+from kpi_state.kpis import DIMENSIONS
 from kpi_state.settings import Settings
 from kpi_state.windows import LONGEST_BUCKETS, MONTH_BUCKETS_KEPT, MONTH_NOMINAL_SECONDS, NOMINAL_SECONDS
 
@@ -46,7 +47,7 @@ APPLY_SCRIPT = "".join(lua_source(name) for name in APPLY_PARTS)
 SUM_SCRIPT = lua_source("wide.lua") + lua_source("sum_windows.lua")
 
 # The order of the fold counts apply.lua returns.
-FOLDED_DIMENSIONS = ("rep", "source", "segment")
+FOLDED_DIMENSIONS = DIMENSIONS
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,13 @@ class PreparedBatch:
 class KpiStore:
     """Atomic batch writes and raw reads of the KPI state in one namespace."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, parser: ev.EventParser | None = None
+    ) -> None:
         self._redis = client
         self.layout = KeyLayout(settings.namespace)
         self.prefix = self.layout.prefix  # ARGV[1] of the apply script
-        self._facts = FactBuilder(settings)
+        self._facts = FactBuilder(settings, parser)
         self._script = client.register_script(APPLY_SCRIPT)
         self._sum_script = client.register_script(SUM_SCRIPT)
         keep = {

@@ -9,7 +9,6 @@ restart, so callers re-create their topics (``streams.topics.ensure_topics``) af
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import struct
@@ -23,7 +22,7 @@ from typing import IO, Self
 
 import structlog
 
-from streams.childproc import die_with_parent
+from streams.childproc import die_with_parent, signal_group, stop_groups
 
 log = structlog.get_logger(__name__)
 
@@ -262,16 +261,8 @@ class EmbeddedBroker:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("broker.kill", pid=proc.pid, after_seconds=timeout)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if stop_groups([proc], timeout):
+            log.warning("broker.kill", pid=proc.pid, after_seconds=timeout)
         self._reap()
         log.info("broker.stopped", url=self.url, pid=proc.pid, returncode=proc.returncode)
         return proc.returncode
@@ -329,8 +320,7 @@ def run_broker_foreground(port: int | None = None, *, host: str = "127.0.0.1") -
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         requested.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
+        signal_group(proc.pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -352,14 +342,12 @@ def run_broker_foreground(port: int | None = None, *, host: str = "127.0.0.1") -
                 if requested and stop_deadline is None:
                     stop_deadline = time.monotonic() + _STOP_GRACE_SECONDS
                 if stop_deadline is not None and time.monotonic() > stop_deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    signal_group(proc.pid, signal.SIGKILL)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
     log.info("broker.stopped", returncode=rc, signals=requested)
     if requested and rc in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143):

@@ -1,11 +1,21 @@
-"""Child processes that do not outlive their owner."""
+"""Child processes that do not outlive their owner.
+
+A child started with ``start_new_session=True`` leads its own process group: a terminal's Ctrl-C
+does not reach it, and stopping it means signalling the whole group, so whatever it started goes
+with it. ``signal_group`` and ``stop_groups`` are the one way this code base does that.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -28,3 +38,30 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
         prctl(_PR_SET_PDEATHSIG, int(sig))
 
     return hook
+
+
+def signal_group(pid: int, sig: signal.Signals | int) -> None:
+    """``sig`` to the process group led by ``pid``; a group already gone is no error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def stop_groups(procs: Sequence[subprocess.Popen[Any]], timeout: float) -> list[subprocess.Popen[Any]]:
+    """SIGTERM to the group of each running ``proc``, in the order given; wait for all until one
+    shared deadline ``timeout`` s away, SIGKILL the group of each still running, and reap them.
+
+    Returns the processes that had to be killed. A process already exited is only reaped.
+    """
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    killed: list[subprocess.Popen[Any]] = []
+    for proc in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed.append(proc)
+    return killed

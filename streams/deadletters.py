@@ -45,14 +45,14 @@ MAX_VALUE_BYTES = 256 * 1024
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 # The entity whose stored fact a conflicting event contradicts (docs/kpi-notes.md, conflicts).
-_CONFLICT_FIELDS = {
-    "lead.created": "lead_id",
-    "deal.created": "deal_id",
+_CONFLICT_FIELDS: dict[type[ev.Event], str] = {
+    ev.LeadCreated: "lead_id",
+    ev.DealCreated: "deal_id",
 }
 
 
 def conflict_field(event: ev.Event) -> str | None:
-    return _CONFLICT_FIELDS.get(event.type)
+    return _CONFLICT_FIELDS.get(type(event))
 
 
 def too_large(exc: BaseException | None) -> bool:

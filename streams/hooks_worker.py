@@ -36,7 +36,6 @@ from redis.exceptions import RedisError
 
 from kpi_state.settings import Settings
 from streams.deadletters import DeadLetter, ProducerDeadLetters
-from streams.faust_app import make_app
 from streams.hooks_translator import HookTranslator, Translated
 
 log = structlog.get_logger(__name__)
@@ -53,12 +52,11 @@ def _hard_exit(event: str, **fields: Any) -> NoReturn:
 
 
 class HooksWorker:
-    def __init__(self, settings: Settings, *, redis: aioredis.Redis, web_port: int, web_host: str) -> None:
+    def __init__(self, settings: Settings, *, redis: aioredis.Redis, app: faust.App) -> None:
+        """Parts come from the composition root (``kpi_app.bootstrap.Runtime.hooks_worker``)."""
         self.settings = settings
         self.translator = HookTranslator(settings, redis)  # a bad mapping fails here, at start
-        self.app = make_app(
-            settings, app_id=f"{settings.consumer_group}-hooks", web_port=web_port, web_host=web_host
-        )
+        self.app = app
         self.dead_letters = ProducerDeadLetters(self.app.producer, settings.dlq_topic)
         self.translated = 0
         # /metrics: what became of the stored payloads. An untranslatable item is bad input like

@@ -23,7 +23,7 @@ Contracts:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -85,10 +85,6 @@ class WatermarkLedger:
     def snapshot(self) -> dict[str, int]:
         return dict(self._known)
 
-    @property
-    def fields(self) -> list[str]:
-        return sorted(self._known)
-
     @staticmethod
     def lost(known: Mapping[str, int], stored: Mapping[str, int | None]) -> dict[str, tuple[int, int]]:
         """``{field: (known, stored)}`` for every field Redis holds below what was known."""
@@ -108,11 +104,17 @@ class PinnedRedis:
     retried on a new connection.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        store_on: Callable[[aioredis.Redis], KpiStore] | None = None,
+    ) -> None:
         self._pipe = client.pipeline(transaction=True)
         # A store whose script calls go through the pinned connection (immediate mode while
         # WATCHing: the script runs at once and returns its reply, never queued in a MULTI).
-        self._store = KpiStore(self._pipe, settings)
+        # ``store_on``: the composition root's (kpi_app.bootstrap.Runtime.store_on).
+        self._store = store_on(self._pipe) if store_on else KpiStore(self._pipe, settings)
         self._guard_key = self._store.layout.pin(uuid.uuid4().hex)  # never written
 
     async def __aenter__(self) -> Self:

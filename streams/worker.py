@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
@@ -49,7 +49,7 @@ from streams.apply_take import ParsedMessage, TakeApplier, WatermarkLost
 from streams.assignment import Rewind, check_identity, check_watermarks, decide_resume
 from streams.broker import bootstrap_servers
 from streams.deadletters import ProducerDeadLetters
-from streams.faust_app import events_topic, make_app
+from streams.faust_app import events_topic
 from streams.faust_compat import commit_offsets
 from streams.offsets import PinnedRedis, WatermarkLedger, read_watermarks, watermark_field
 from streams.scrape_thread import ScrapeThread
@@ -106,29 +106,30 @@ class KpiWorker:
         redis: aioredis.Redis,
         parser: EventParser,
         make_reader: Callable[[], KpiReader],
-        web_port: int,
-        web_host: str = "127.0.0.1",
+        app: faust.App,
+        registry: CollectorRegistry,
+        ops: OpMetrics,
+        pinned: PinnedRedis,
+        topics: Mapping[str, int],
     ) -> None:
+        """Parts come from the composition root (``kpi_app.bootstrap.Runtime.kpi_worker``)."""
         if not settings.kafka_url:
             raise ValueError("the worker needs a Kafka URL")
         self.settings = settings
         self._redis = redis
         self._scrapes = ScrapeThread(make_reader)
         self._bootstrap = bootstrap_servers(settings.kafka_url)
-        self._topics = {
-            settings.topic: settings.topic_partitions,
-            settings.dlq_topic: settings.dlq_partitions,
-        }
+        self._topics = dict(topics)
         self._inspector: KafkaInspector | None = None
         self._state = WorkerState()
-        self.registry = CollectorRegistry()
-        self.ops = OpMetrics(self.registry)
+        self.registry = registry
+        self.ops = ops
         self.ops.set_ready(False)
         self.ledger = WatermarkLedger()
-        self.app = make_app(settings, web_port=web_port, web_host=web_host)
+        self.app = app
         self.applier = TakeApplier(
             parser=parser,
-            pinned=PinnedRedis(redis, settings),
+            pinned=pinned,
             ledger=self.ledger,
             dead_letters=ProducerDeadLetters(self.app.producer, settings.dlq_topic),
             ops=self.ops,

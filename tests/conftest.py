@@ -16,8 +16,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
+from kpi_app.bootstrap import build_runtime
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
 
@@ -38,17 +38,17 @@ def new_settings(**overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def store_for(settings: Settings, *, clear: bool = True) -> AsyncIterator[KpiStore]:
-    """A KpiStore on a fresh client; with ``clear``, every key of the namespace is deleted on exit."""
-    client = aioredis.Redis.from_url(settings.redis_url)
-    store = KpiStore(client, settings)
+    """The composition root's KpiStore, on a fresh client; with ``clear``, every key of the namespace
+    is deleted on exit."""
+    runtime = build_runtime(settings)
     try:
-        yield store
+        yield runtime.store
     finally:
         try:
             if clear:
-                await store.clear()
+                await runtime.store.clear()
         finally:
-            await client.aclose()
+            await runtime.aclose()
 
 
 @pytest.fixture(scope="session")

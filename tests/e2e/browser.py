@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from streams.childproc import signal_group
 
 CALL_SECONDS = 30.0
 START_SECONDS = 30.0
@@ -160,11 +161,9 @@ async def open_page(chromium: str, width: int = 1920, height: int = 1080) -> Asy
                     yield page
         finally:
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(proc.wait(), 10)
                 except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    signal_group(proc.pid, signal.SIGKILL)
                     await proc.wait()

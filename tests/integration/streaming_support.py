@@ -25,11 +25,12 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kpi_app.bootstrap import build_runtime
+from kpi_app.bootstrap import build_runtime, sync_redis_client
 from kpi_app.simulation import SimConfig, simulate_history
-from kpi_state.events import EventParser, Rejection
+from kpi_state.events import Rejection
 from kpi_state.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
+from streams.childproc import signal_group
 from streams.deadletters import read_headers
 from streams.topics import partition_count
 from tests.conftest import new_settings, store_for
@@ -79,7 +80,7 @@ def make_stream(settings: Settings, *, days: int, leads_per_day: float, seed: in
     for _ in range(len(lines) * 3 // 100):
         at = rng.randrange(len(lines))
         lines.insert(rng.randrange(at, len(lines) + 1), lines[at])
-    parser = EventParser(settings)
+    parser = build_runtime(settings).parser
     stream = Stream(lines)
     n_bad = len(lines) * 2 // 100
     for i in range(n_bad // 7 + 1):
@@ -144,8 +145,7 @@ class Worker:
             return 0.0
 
     def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        signal_group(self.proc.pid, sig)
 
     def stop(self) -> None:
         self.signal(signal.SIGTERM)
@@ -280,7 +280,7 @@ class RedisServer:
         ]
         with open(self.dir.parent / "redis.log", "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(port=self.port)
+        client = sync_redis_client(f"redis://127.0.0.1:{self.port}/0")
         try:
             wait_until(lambda: pings(client), 20, "redis-server up")
         finally:

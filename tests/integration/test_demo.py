@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from kpi_app.bootstrap import sync_redis_client
+
 pytestmark = pytest.mark.integration
+
+# Where the demo's Redis is when the tests run (the default of a plain redis.Redis()).
+DEMO_REDIS_URL = "redis://localhost:6379/0"
 
 
 def _marked_processes(mark: str) -> set[int]:
@@ -64,16 +69,13 @@ def test_demo_runs_shows_kpis_and_stops_cleanly() -> None:
         assert _marked_processes(mark) == set(), "a child of the demo outlived it"
         # Sample targets for this month and quarter (the quota row), left in the namespace.
         import orjson
-        import redis as redis_sync
 
-        with redis_sync.Redis() as check:
+        with sync_redis_client(DEMO_REDIS_URL) as check:
             loaded = orjson.loads(check.get(f"{namespace}:targets") or b"[]")
         assert {t["kpi"] for t in loaded} >= {"revenue_won", "deals_won", "leads"}
         assert any(t["scope"].startswith("rep:") for t in loaded)
     finally:
-        import redis
-
-        client = redis.Redis()
+        client = sync_redis_client(DEMO_REDIS_URL)
         keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
         if keys:
             client.unlink(*keys)

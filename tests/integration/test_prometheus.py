@@ -48,7 +48,6 @@ import contextlib
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -71,6 +70,7 @@ from kpi_app.simulation import SimConfig, simulate_history
 from kpi_state.events import REJECTION_REASONS, Rejection
 from kpi_state.settings import Settings
 from streams.broker import EmbeddedBroker, free_port
+from streams.childproc import stop_groups
 from streams.producer import EventProducer
 from tests.conftest import new_settings
 from tests.promql_exprs import (
@@ -364,15 +364,7 @@ class Child:
         return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_groups([self.proc], timeout)
 
 
 def start_child(name: str, argv: list[str], workdir: Path, env: Mapping[str, str] | None = None) -> Child:

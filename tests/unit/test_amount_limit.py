@@ -51,6 +51,6 @@ def test_kpi_send_refuses_the_same_amounts() -> None:
     """`kpi send` validates each line before it publishes (kpi_app.sender), with the same limit."""
     from kpi_app.sender import _Validator
 
-    validate = _Validator(Settings())
+    validate = _Validator(EventParser(Settings()))
     assert validate(orjson.dumps(event(amount=2e9))) == REFUSED
     assert validate(orjson.dumps(event(amount=MAX_AMOUNT))) == event(amount=MAX_AMOUNT)

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kpi_state import kpis
 from kpi_state.collector import (
-    OTHER,
     KpiCollector,
     KpiSnapshot,
     collect_kpi_metrics,
@@ -22,6 +21,7 @@ from kpi_state.collector import (
     render_text,
     scrape_registry,
 )
+from kpi_state.label_cap import OTHER
 from kpi_state.settings import Settings
 
 M = kpis.MICROS

@@ -6,6 +6,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from kpi_state import events as ev
 from kpi_state.events import Rejection
+from kpi_state.kpis import DIMENSIONS
 from kpi_state.opmetrics import OpMetrics
 from kpi_state.store import ApplyResult, Outcome, SourcedEvent
 
@@ -106,7 +107,7 @@ def test_record_apply_counts_folded_dimension_values() -> None:
     reg = CollectorRegistry()
     ops = OpMetrics(reg)
     get = reg.get_sample_value
-    for dim in ("rep", "source", "segment"):
+    for dim in DIMENSIONS:
         assert get("kpi_dimension_values_folded_total", {"dimension": dim}) == 0
     result = ApplyResult(applied=2, outcomes=[A, A], folded={"rep": 1, "source": 2})
     ops.record_apply(result, [lead(1), lead(2)], now=10.0)

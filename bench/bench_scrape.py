@@ -21,15 +21,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
-from prometheus_client import CollectorRegistry
-
 from bench.stats import nearest_rank
+from kpi_app.bootstrap import build_runtime
 from kpi_state.collector import kpi_families, read_snapshot, render_metrics, render_text
 from kpi_state.events import Event, EventParser, Rejection
-from kpi_state.opmetrics import OpMetrics
 from kpi_state.periods import period_start
-from kpi_state.report import KpiReader
 from kpi_state.settings import Settings
 from kpi_state.store import KpiStore
 from kpi_state.targets import Target
@@ -107,9 +103,8 @@ def raw_events(now: datetime) -> Iterator[dict[str, Any]]:
 
 
 async def fill(
-    store: KpiStore, settings: Settings, now: datetime, dense: bool = False, batch: int = 500
+    store: KpiStore, parser: EventParser, now: datetime, dense: bool = False, batch: int = 500
 ) -> int:
-    parser = EventParser(settings)
     events: list[Event] = []
     for raw in itertools.chain(raw_events(now), dense_recent_events(now) if dense else ()):
         parsed = parser.parse_object(raw, now)
@@ -143,15 +138,12 @@ def bench_targets(now: datetime) -> list[Target]:
 
 async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
     settings = Settings(redis_url=redis_url, namespace=f"bench-scrape-{uuid.uuid4().hex[:12]}")
-    client = aioredis.Redis.from_url(settings.redis_url)
-    store = KpiStore(client, settings)
-    reader = KpiReader(store, settings)
-    ops_registry = CollectorRegistry()
-    OpMetrics(ops_registry)
+    runtime = build_runtime(settings)  # the composition root, as `kpi serve` builds it
+    store, reader, ops_registry = runtime.store, runtime.reader, runtime.registry
     try:
         now = datetime.now(UTC)
         t0 = time.perf_counter()
-        events = await fill(store, settings, now, dense)
+        events = await fill(store, runtime.parser, now, dense)
         await reader.targets.replace(bench_targets(now))
         fill_s = time.perf_counter() - t0
         as_of = datetime.now(UTC)
@@ -210,7 +202,7 @@ async def _run(redis_url: str, runs: int, dense: bool) -> dict[str, Any]:
         try:
             await store.clear()
         finally:
-            await client.aclose()
+            await runtime.aclose()
 
 
 def _labels(text: str, family: str, dim: str) -> Iterator[tuple[str, str]]:

@@ -51,12 +51,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from bench.cpu_meter import CpuMeter, cpu_busy_share, machine, redis_server_pid
 from bench.stream_data import as_messages, realistic_events
 from bench.streaming_phases import Phases
 from bench.streaming_runner import StreamingBench
+from kpi_app.bootstrap import redis_client
+from kpi_state.settings import Settings
 from streams.broker import EmbeddedBroker
 
 
@@ -88,7 +89,7 @@ async def _run(
         "mean_event_bytes": round(sum(len(v) for _, v in single) / len(single)),
     }
     with tempfile.TemporaryDirectory(prefix="kpi-bench-streaming-") as tmp, EmbeddedBroker() as broker:
-        async with aioredis.from_url(redis_url) as client:
+        async with redis_client(Settings(redis_url=redis_url)) as client:
             redis_pid = await redis_server_pid(client)
         meter = CpuMeter(broker.pid, redis_pid)
         bench = StreamingBench(broker, redis_url, Path(tmp), meter)

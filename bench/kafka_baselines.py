@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from streams.broker import free_port
+from streams.childproc import stop_groups
 from streams.producer import EventProducer
 from streams.topics import KafkaInspector
 
@@ -226,8 +227,7 @@ def bare_faust_rate(
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                stop_groups([proc], 0)
         if not result_path.exists():
             log_tail = (Path(tmp) / "output.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"bare faust agent gave no result (exit {proc.returncode}):\n{log_tail}")

@@ -33,6 +33,7 @@ from bench.worker_processes import (
     wait_assigned,
     worker_pids,
 )
+from kpi_app.bootstrap import Runtime, build_runtime, redis_client
 from kpi_state import keys
 from kpi_state.kpis import LEADS
 from kpi_state.settings import Settings
@@ -92,11 +93,11 @@ class StreamingBench:
         self.redis_url = redis_url
         self.tmp = tmp
         self.run_id = uuid.uuid4().hex[:8]
-        self.redis: aioredis.Redis = aioredis.from_url(redis_url)
+        self.redis: aioredis.Redis = redis_client(Settings(redis_url=redis_url))
         self.http = httpx.AsyncClient()
         self.workers: list[WorkerProcess] = []
         self.namespaces: list[str] = []
-        self._stores: dict[str, KpiStore] = {}
+        self._runtimes: dict[str, Runtime] = {}
 
     def names(self, case: str) -> tuple[str, str, str]:
         """(namespace, topic, group) of a case, fresh in every run."""
@@ -132,14 +133,16 @@ class StreamingBench:
                 with contextlib.suppress(Exception):
                     await self.clear(namespace)
             await self.http.aclose()
+            for runtime in self._runtimes.values():
+                await runtime.aclose()
             await self.redis.aclose()
 
     def store(self, namespace: str) -> KpiStore:
-        """The store of a case's namespace, on the bench's own Redis client."""
-        if namespace not in self._stores:
+        """The store of a case's namespace, built by the composition root like a worker's."""
+        if namespace not in self._runtimes:
             settings = Settings(redis_url=self.redis_url, namespace=namespace)
-            self._stores[namespace] = KpiStore(self.redis, settings)
-        return self._stores[namespace]
+            self._runtimes[namespace] = build_runtime(settings)
+        return self._runtimes[namespace].store
 
     async def clear(self, namespace: str) -> None:
         await self.store(namespace).clear()

@@ -7,7 +7,6 @@ process tree from /proc (start times guard against reused pids).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import orjson
 
 from bench.stream_data import PARTITIONS
 from streams.broker import free_port
+from streams.childproc import signal_group, stop_groups
 
 PROBE_DIMENSION_CAP = 100_000  # sources a bench worker admits: one per probe (see start_worker)
 READY_TIMEOUT = 120.0
@@ -103,11 +103,6 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def _killpg(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 def start_worker(
     kafka_url: str, redis_url: str, namespace: str, topic: str, group: str, log: Path
 ) -> WorkerProcess:
@@ -135,15 +130,7 @@ def stop_workers(workers: Sequence[WorkerProcess]) -> None:
     make sure no descendant (the faust children run in sessions of their own) is left."""
     running = [w for w in workers if w.proc.poll() is None]
     trees = {w.proc.pid: _descendants(w.proc.pid) for w in running}
-    for w in running:
-        _killpg(w.proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for w in running:
-        try:
-            w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _killpg(w.proc.pid, signal.SIGKILL)
-            w.proc.wait()
+    stop_groups([w.proc for w in running], STOP_TIMEOUT)
     left = {pid: start for tree in trees.values() for pid, start in tree.items()}
     for _ in range(2):  # the children die with their supervisor (PR_SET_PDEATHSIG); else SIGKILL
         deadline = time.monotonic() + 5.0
@@ -153,7 +140,7 @@ def stop_workers(workers: Sequence[WorkerProcess]) -> None:
             if left:
                 time.sleep(0.1)
         for pid in left:  # still the same process (start time checked): its own session leader
-            _killpg(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
     if left:
         raise RuntimeError(f"worker processes left behind: {sorted(left)}")
 

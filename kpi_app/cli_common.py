@@ -80,6 +80,36 @@ def run_with_runtime(settings: Settings, body: Any) -> Any:
         raise typer.Exit(1) from exc
 
 
+def start_consumer(
+    command: str,
+    *,
+    kafka_url: str | None,
+    redis_url: str | None,
+    namespace: str | None,
+    topic: str | None,
+    group: str | None,
+    web_port: int,
+    web_host: str,
+    supervise: bool,
+    hooks: bool = False,
+) -> Settings:
+    """The shared start of ``kpi worker`` and ``kpi hooks-worker``: their settings, after checking
+    a broker is configured. With ``supervise`` this never returns: the command runs again as a
+    supervised child (``run_supervised``) with the same options."""
+    from kpi_app.bootstrap import topic_spec
+
+    settings = load_settings(
+        kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic, consumer_group=group
+    )
+    if not settings.kafka_url:
+        raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
+    if supervise:
+        options = {"--kafka-url": kafka_url, "--redis-url": redis_url, "--namespace": namespace}
+        options |= {"--topic": topic, "--group": group, "--web-port": str(web_port), "--web-host": web_host}
+        run_supervised(command, settings, options, topic_spec(settings, hooks=hooks))
+    return settings
+
+
 def run_supervised(
     command: str, settings: Settings, options: dict[str, str | None], topics: dict[str, int]
 ) -> NoReturn:

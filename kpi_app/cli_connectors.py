@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from kpi_app.bootstrap import Runtime, build_runtime, opened_runtime, topic_spec
+from kpi_app.bootstrap import Runtime, build_runtime, opened_runtime
 from kpi_app.cli_common import (
     KafkaUrl,
     Namespace,
@@ -21,8 +21,8 @@ from kpi_app.cli_common import (
     Topic,
     console,
     load_settings,
-    run_supervised,
     run_with_runtime,
+    start_consumer,
 )
 
 
@@ -140,15 +140,10 @@ def hooks_worker(
     ] = True,
 ) -> None:
     """Translate stored CRM webhooks (POST /hooks/*) into events on the event topic."""
-    settings = load_settings(
-        kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic, consumer_group=group
-    )
-    if not settings.kafka_url:
-        raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
-    if supervise:
-        options = {"--kafka-url": kafka_url, "--redis-url": redis_url, "--namespace": namespace}
-        options |= {"--topic": topic, "--group": group, "--web-port": str(web_port), "--web-host": web_host}
-        run_supervised("hooks-worker", settings, options, topic_spec(settings, hooks=True))
+    settings = start_consumer(
+        "hooks-worker", kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic,
+        group=group, web_port=web_port, web_host=web_host, supervise=supervise, hooks=True,
+    )  # fmt: skip
     runtime = build_runtime(settings)
     try:
         worker = runtime.hooks_worker(web_port=web_port, web_host=web_host)

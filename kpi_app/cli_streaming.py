@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from kpi_app.bootstrap import build_runtime, opened_runtime, topic_spec
+from kpi_app.bootstrap import build_runtime, opened_runtime
 from kpi_app.cli_common import (
     Group,
     KafkaUrl,
@@ -24,7 +24,7 @@ from kpi_app.cli_common import (
     console,
     load_settings,
     require_files,
-    run_supervised,
+    start_consumer,
 )
 from kpi_state.settings import Settings
 
@@ -192,15 +192,10 @@ def worker(
     ] = True,
 ) -> None:
     """One worker of the consumer group: applies the event topic to the KPI state in Redis."""
-    settings = load_settings(
-        kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic, consumer_group=group
-    )
-    if not settings.kafka_url:
-        raise typer.BadParameter("--kafka-url (or KPI_KAFKA_URL) is required")
-    if supervise:
-        options = {"--kafka-url": kafka_url, "--redis-url": redis_url, "--namespace": namespace}
-        options |= {"--topic": topic, "--group": group, "--web-port": str(web_port), "--web-host": web_host}
-        run_supervised("worker", settings, options, topic_spec(settings))
+    settings = start_consumer(
+        "worker", kafka_url=kafka_url, redis_url=redis_url, namespace=namespace, topic=topic, group=group,
+        web_port=web_port, web_host=web_host, supervise=supervise,
+    )  # fmt: skip
     build_runtime(settings).kpi_worker(web_port=web_port, web_host=web_host).run()
 
 

@@ -428,10 +428,12 @@ def demo(
     )
 
 
-from kpi_app.cli_connectors import hooks_worker, import_csv  # noqa: E402 - they use this module's helpers
+from kpi_app.backtest_cli import alerts_app  # noqa: E402 - it uses this module's helpers
+from kpi_app.cli_connectors import hooks_worker, import_csv  # noqa: E402 - likewise
 from kpi_app.targets_cli import targets_app  # noqa: E402 - likewise
 
 app.add_typer(targets_app, name="targets")
+app.add_typer(alerts_app, name="alerts")
 
 app.command("import")(import_csv)
 app.command("hooks-worker")(hooks_worker)

@@ -105,7 +105,7 @@ class BacktestReport:
 def evaluation_times(start: datetime, end: datetime, step: timedelta) -> list[datetime]:
     """``start`` rounded up to a multiple of ``step`` since the epoch, then every ``step`` to ``end``."""
     step_s = int(step.total_seconds())
-    if step_s < 1 or step != timedelta(seconds=step_s) or 86_400 % step_s:
+    if step_s < 2 or step != timedelta(seconds=step_s) or 86_400 % step_s:
         raise ValueError("--step must be whole seconds dividing a day (e.g. 5m, 15m, 1h)")
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("--from and --to need an offset (e.g. Z)")
@@ -200,7 +200,10 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
         seconds=round(report.seconds["replay"], 1),
     )
     workdir = Path(tempfile.mkdtemp(prefix="kpi-backtest-"))
-    server = PrometheusServer(prometheus, workdir / "tsdb", workdir, lookback_s=step_s)
+    # Just under a step: every sample sits on the grid, and Prometheus 2.x's lookback includes its
+    # left end, so a lookback of a whole step would show a series one step after it vanished
+    # (measured on 2.42), where a live Prometheus has a staleness marker at the next scrape.
+    server = PrometheusServer(prometheus, workdir / "tsdb", workdir, lookback_s=step_s - 1)
     try:
         clock = time.perf_counter()
         (workdir / "tsdb").mkdir()

@@ -4,8 +4,11 @@ have shown them at each step.
 Contract: at each evaluation time ``t`` (ascending), every event with ``occurred_at <= t`` has
 been applied (events before the first ``t`` in one go), through the same parser and store as
 ``kpi replay``, in ``occurred_at`` order; then the series are read with the collector's own
-``read_snapshot`` and ``kpi_families`` at ``as_of = t``, and only the families and windows the
-rules read are kept. In-order application keeps old histories readable: bucket retention is
+``kpi_families`` at ``as_of = t``, and only the families and windows the rules read are kept.
+The snapshot is ``read_snapshot``'s minus the windows no rule reads: it always holds ``all``,
+the lifetime window, which holds every label value of every window and ranks them for the label
+cap, so the kept rows are exactly those of ``/metrics`` (a scratch namespace has no targets).
+It cuts a step's cost about threefold. In-order application keeps old histories readable: bucket retention is
 measured against the newest event applied (kpi_state/windows.py margins), not the wall clock.
 Events more than ``max_future_skew`` after the wall clock are rejected as by any replay.
 """
@@ -20,8 +23,9 @@ from pathlib import Path
 
 from kpi_app.backtest.openmetrics import SeriesBook
 from kpi_app.bootstrap import Runtime
-from kpi_state.collector import kpi_families, read_snapshot
+from kpi_state.collector import KpiSnapshot, kpi_families, read_snapshot
 from kpi_state.events import Event, Rejection
+from kpi_state.report import KpiReader
 
 
 @dataclass
@@ -60,6 +64,13 @@ async def _apply(runtime: Runtime, events: Sequence[Event], stats: ReplayStats) 
             stats.rejected[rejection.reason] += 1
 
 
+async def _snapshot(reader: KpiReader, t: datetime, windows: frozenset[str] | None) -> KpiSnapshot:
+    if windows is None:
+        return await read_snapshot(reader, t)
+    fields, cur = await reader.window_fields(t, windows | {"all"})
+    return KpiSnapshot(as_of=t, windows=fields, current=reader.current(cur))
+
+
 async def sample_series(
     runtime: Runtime,
     events: Sequence[Event],
@@ -79,7 +90,7 @@ async def sample_series(
             upto += 1
         await _apply(runtime, events[done:upto], stats)
         done = upto
-        snapshot = await read_snapshot(runtime.reader, t)
+        snapshot = await _snapshot(runtime.reader, t, windows)
         t_ms = round(t.timestamp() * 1000)
         for family in kpi_families(snapshot, settings):
             if family.name not in families:

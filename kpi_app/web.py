@@ -16,13 +16,17 @@ Routes (every error body is JSON ``{"error": <code>, "message": ..., ...}``):
   carries ``"broker": true|false``; a broker that does not answer makes the status
   ``"degraded"`` but stays 200: the read side still works, and restarting this process
   would not bring the broker back (``POST /events`` answers 503 meanwhile).
+- ``GET /api/alerts``: the firing sales alerts for the wall's banner, from Alertmanager
+  (``kpi_app.alerts_feed``; ``{"enabled": false, ...}`` without ``KPI_ALERTMANAGER_URL``,
+  ``"available": false`` when it does not answer). Same read access as ``/api/kpis``.
 - ``GET /metrics``: the Prometheus exposition from ``kpi_state.collector`` (503 without it).
 - ``GET /`` (and ``/static/index.html``): the wall page; ``/static/*``: its assets, served
   from ``kpi_app/static`` (no CDN).
 - ``/api/kpis`` and ``/metrics`` answer 503 ``redis_unavailable`` when Redis does not.
 - Read access: with ``read_tokens`` or ``view_keys`` configured, ``/api/kpis``,
-  ``/metrics`` and the wall page need ``Authorization: Bearer <read token>``; a view key
-  (``?key=``) opens the wall page and ``/api/kpis`` only. Neither configured: open.
+  ``/metrics``, ``/api/alerts`` and the wall page need ``Authorization: Bearer <read token>``;
+  a view key (``?key=``) opens the wall page, ``/api/kpis`` and ``/api/alerts`` only.
+  Neither configured: open.
 - Every answer carries the security headers (CSP, nosniff, no referrer, no framing).
 - Anything unexpected is logged and answered 500 JSON; no input crashes the server.
 """
@@ -48,6 +52,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kpi_app.alerts_feed import SalesAlertFeed
 from kpi_app.bootstrap import Runtime
 from kpi_app.guards import ReadGuard
 from kpi_app.hooks_web import RawPublisher, hook_routes
@@ -145,6 +150,7 @@ def create_app(
     settings = runtime.settings
     guard = ReadGuard(settings.read_token_list, settings.view_key_list)
     ingest = Ingest(runtime, publisher, ops, broker_probe)
+    alert_feed = SalesAlertFeed(settings.alertmanager_url or None)
 
     def refused(request: Request, *, key_ok: bool) -> Response | None:
         if guard.allows(request.headers.get("authorization"), request.query_params.get("key"), key_ok=key_ok):
@@ -174,6 +180,13 @@ def create_app(
         if by is not None:
             restrict_dimensions(doc, by)
         return json_response(200, doc, {"Cache-Control": "no-store"})
+
+    async def alerts(request: Request) -> Response:
+        denied = refused(request, key_ok=True)
+        if denied is not None:
+            return denied
+        banner = await alert_feed.current()
+        return json_response(200, banner.model_dump(mode="json"), {"Cache-Control": "no-store"})
 
     async def health(request: Request) -> Response:
         try:
@@ -226,6 +239,7 @@ def create_app(
         Route("/events", ingest.handle, methods=["POST"]),
         *hook_routes(settings, hooks_publish),
         Route("/api/kpis", kpis, methods=["GET"]),
+        Route("/api/alerts", alerts, methods=["GET"]),
         Route("/api/targets", targets_handler(runtime), methods=["PUT"]),
         Route("/api/health", health, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),

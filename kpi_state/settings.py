@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     pipedrive_stages: Annotated[str, NoDecode] = ""  # <stage_id>=<stage>,...
     pipedrive_owners: Annotated[str, NoDecode] = ""  # <user id>=<rep>,...
 
+    # Alertmanager's base URL (e.g. http://alertmanager:9093): the wall page then shows the
+    # firing sales alerts (area="sales") as a banner, through GET /api/alerts. Empty: no banner.
+    alertmanager_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+
     @property
     def read_token_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.read_tokens.split(",") if t.strip())

@@ -351,7 +351,67 @@
     poll();
   }
 
+  // ---- alert banner ----
+  // Firing sales alerts from GET /api/alerts (the server asks Alertmanager and caches).
+  // Any failure hides the banner: the KPIs matter more than the banner.
+  const ALERTS_POLL_MS = 15000;
+  const MAX_BANNER = 3;
+
+  function sinceText(iso) {
+    const at = new Date(iso);
+    if (Number.isNaN(at.getTime())) return "";
+    const sameDay = new Date().toDateString() === at.toDateString();
+    const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    return sameDay ? `since ${time}` : `since ${at.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+  }
+
+  function renderAlerts(banner) {
+    const box = $("#alerts");
+    const alerts = banner && Array.isArray(banner.alerts) ? banner.alerts : [];
+    const rows = alerts.slice(0, MAX_BANNER).map((a) => {
+      const div = document.createElement("div");
+      div.className = "alert";
+      div.dataset.alert = a.alertname;
+      div.dataset.where = a.where;
+      div.dataset.since = a.starts_at;
+      const what = document.createElement("span");
+      what.className = "what";
+      what.textContent = `⚠ ${a.summary}`;
+      const detail = document.createElement("span");
+      detail.className = "detail";
+      detail.textContent = a.description;
+      detail.title = [a.description, a.look_at].filter(Boolean).join(" ");
+      const since = document.createElement("time");
+      since.className = "since";
+      since.dateTime = a.starts_at;
+      since.textContent = sinceText(a.starts_at);
+      div.append(what, detail, since);
+      return div;
+    });
+    const total = banner && Number.isInteger(banner.total) ? banner.total : alerts.length;
+    if (total > rows.length && rows.length > 0) {
+      const more = document.createElement("div");
+      more.className = "more";
+      more.textContent = `+ ${total - rows.length} more sales alerts`;
+      rows.push(more);
+    }
+    box.replaceChildren(...rows);
+    box.hidden = alerts.length === 0;
+  }
+
+  async function pollAlerts() {
+    try {
+      renderAlerts(await getJson("/api/alerts?"));
+    } catch (err) {
+      renderAlerts(null);
+      console.warn("alerts poll failed", err);
+    } finally {
+      setTimeout(pollAlerts, ALERTS_POLL_MS);
+    }
+  }
+
   window.addEventListener("hashchange", selectWindow);
   setInterval(updateStatus, 1000);
   selectWindow();
+  pollAlerts();
 })();

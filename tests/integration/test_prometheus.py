@@ -31,7 +31,8 @@ Expectations:
   ``tests.promql_exprs`` defaults, and every option of a dashboard's ``window``
   variable is tried too;
 - an alert expression is empty: the stack is healthy on purpose (the burst keeps the
-  24h conversion and the 7d win rate above their baselines, the worker keeps up).
+  recent qualification, conversion, win and stage rates above their baselines, the worker
+  keeps up).
   Empty could also mean "no data", so each alert has a ``HEALTHY`` witness, the
   negated condition, that must return samples. Firing cases are covered by
   ``promtool test rules`` (tests/integration/test_promtool.py);
@@ -126,23 +127,13 @@ HEALTHY: dict[str, str] = {
     "KpiConsumerLagGrowing": "topic:kpi_consumer_lag:sum <= 1000",
     "KpiEventToStateSlow": "kpi:event_to_state_seconds:p99_5m <= 1",
     "KpiScrapeTargetDown": 'up{job=~"kpi|kpi-worker"} == 1',
-    "SalesConversionDropped": """
-        (
-          window:sales_conversion_ratio:max{window="24h"}
-            >= ignoring (window) 0.7 * window:sales_conversion_ratio:max{window="30d"}
-        )
-        and ignoring (window)
-        (window:sales_leads:max{window="24h"} >= 20)
-    """,
     "SalesTargetBehindPace": "target:sales_target_pace_ratio:max >= 0.9",
-    "SalesWinRateDropped": """
-        (
-          window:sales_win_ratio:max{window="7d"}
-            >= ignoring (window) 0.7 * window:sales_win_ratio:max{window="90d"}
-        )
-        and ignoring (window)
-        (window:sales_deals_won:max{window="7d"} + window:sales_deals_lost:max{window="7d"} >= 10)
-    """,
+    # The drop alerts are an `and` of their z-score and guards: a z-score above the threshold
+    # in every scope (with data) is healthy.
+    "SalesQualificationRateDropped": "scope:sales_qualification:z_24h > -3.5",
+    "SalesConversionDropped": "scope:sales_lead_conversion:z_7d > -3.5",
+    "SalesWinRateDropped": "scope:sales_win:z_7d > -3.5",
+    "SalesStageConversionDropped": "scope:sales_stage_conversion:z_24h > -3.5",
 }
 
 # Series only a worker exports with a meaningful value (kpi serve's registry has them at
@@ -227,8 +218,8 @@ def history(settings: Settings, end: datetime) -> tuple[list[dict[str, object]],
 
 def burst(settings: Settings, dims: Dimensions, now: datetime) -> list[dict[str, object]]:
     """A few hundred events between 15 and 1 minutes ago touching every rep, source and
-    segment: leads that qualify, deals that walk the stages and mostly win (so the 24h
-    conversion and 7d win rate stay above their baselines), spend, revenue, surveys, churn."""
+    segment: leads that qualify, deals that walk the stages and mostly win (so the recent
+    rates stay above their baselines), spend, revenue, surveys, churn."""
     tag = uuid.uuid4().hex[:8]
     stages = settings.stage_names
     events: list[dict[str, object]] = []

@@ -92,6 +92,9 @@ def backtest(
     except (BacktestError, ValueError, OSError) as exc:
         _err.print(f"[red]backtest failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        _err.print("backtest interrupted: scratch namespace, Prometheus and temp files removed")
+        raise typer.Exit(130) from None
     if output_format == Format.json:
         typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

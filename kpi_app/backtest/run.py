@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -130,18 +132,38 @@ async def _sample(
 ) -> Any:
     scratch = settings.model_copy(update={"namespace": f"backtest-{uuid.uuid4().hex}"})
     runtime = build_runtime(scratch)
+    # A signal sets a flag checked at each step: cancelling the task was measured not to stop
+    # the replay (a cancellation inside a Redis call was absorbed and the steps went on).
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, interrupted.set)
     try:
         events = read_events(spec.history, runtime, report.replay)
         log.info("history read", events=len(events), lines=report.replay.lines, namespace=scratch.namespace)
         advance = progress("replay and sample", len(times))
         return await sample_series(
-            runtime, events, times, the_plan.families, the_plan.windows, report.replay, advance
+            runtime,
+            events,
+            times,
+            the_plan.families,
+            the_plan.windows,
+            report.replay,
+            advance,
+            interrupted.is_set,
         )
     finally:
         try:
-            await asyncio.shield(runtime.store.clear())
+            await runtime.store.clear()
         finally:
             await runtime.aclose()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _rule_file(path: Path, rules: list[Rule]) -> None:
@@ -200,6 +222,9 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
         seconds=round(report.seconds["replay"], 1),
     )
     workdir = Path(tempfile.mkdtemp(prefix="kpi-backtest-"))
+    # SIGTERM stops the Prometheus phases like Ctrl-C (subprocess.run kills promtool on it).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     # Just under a step: every sample sits on the grid, and Prometheus 2.x's lookback includes its
     # left end, so a lookback of a whole step would show a series one step after it vanished
     # (measured on 2.42), where a live Prometheus has a staleness marker at the next scrape.
@@ -237,6 +262,8 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     log.info(
         "backtest done",
         alerts=len(report.alerts),

@@ -79,12 +79,16 @@ async def sample_series(
     windows: frozenset[str] | None,
     stats: ReplayStats,
     advance: Callable[[], None] = lambda: None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> SeriesBook:
-    """The kept series at every time of ``times``; ``advance`` is called after each step."""
+    """The kept series at every time of ``times``; ``advance`` is called after each step, and
+    ``stopped`` before it (True: KeyboardInterrupt, so the caller's cleanup runs)."""
     book = SeriesBook()
     settings = runtime.settings
     done = 0
     for t in times:
+        if stopped():
+            raise KeyboardInterrupt
         upto = done
         while upto < len(events) and events[upto].occurred_at <= t:
             upto += 1

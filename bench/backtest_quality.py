@@ -2,13 +2,14 @@
 (DESIGN section 9). Not a test: it prints figures and writes them into docs/alerts.md under
 "## Measured quality".
 
-- Drops: for every seed, size (30%, 50%, 70%) and scope (one source, the total), a history of
-  ``DROP_DAYS`` days in which qualification AND lead -> customer conversion of that scope fall
-  by the size from day ``DROP_DAY`` (a channel drying up at both ends). Only the days after the
-  30-day baselines are full are backtested (from day ``BASELINE_DAYS``), which keeps a run
-  affordable. Detection delay: the first firing of a sales alert that names the scope (label
+- Drops: for every seed, size (30%, 50%, 70%) and scope (one source, the total), a history in
+  which qualification AND lead -> customer conversion of that scope fall by the size from day
+  ``DROP_DAY + (seed - 1) % 7`` (a channel drying up at both ends; the weekday varies with the
+  seed, since the volume guards wait out weekends), ending ``AFTER_DROP_DAYS`` days later. Only
+  the days after the 30-day baselines are full are backtested (from day ``BASELINE_DAYS``),
+  which keeps a run affordable. Detection delay: the first firing of a sales alert that names the scope (label
   ``source`` for a source; neither ``source`` nor ``segment`` for the total) at or after the
-  drop's start.
+  drop's start (an interval that began before it does not count).
 - Calm: for every calm seed a ``CALM_DAYS``-day history without a drop, backtested from day
   ``BASELINE_DAYS`` to its end (one month). A false alarm is any firing interval of a sales alert.
 
@@ -39,7 +40,7 @@ from kpi_app.simulation.drops import RateDrop
 
 REPO = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, in the past (events from the future are refused)
-BASELINE_DAYS, DROP_DAY, DROP_DAYS, CALM_DAYS = 30, 31, 38, 60
+BASELINE_DAYS, DROP_DAY, AFTER_DROP_DAYS, CALM_DAYS = 30, 31, 7, 60
 HEADING = "## Measured quality"
 
 
@@ -66,8 +67,12 @@ def _names_scope(labels: dict[str, str], scope: str) -> bool:
     return labels.get(dim) == value
 
 
+def drop_start(seed: int) -> datetime:
+    return START + timedelta(days=DROP_DAY + (seed - 1) % 7)
+
+
 def run_job(job: Job, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    drop_at = START + timedelta(days=DROP_DAY)
+    drop_at = drop_start(job.seed)
     drops: tuple[RateDrop, ...] = ()
     if job.size:
         where = {} if job.scope == "total" else {job.scope.split("=")[0]: job.scope.split("=")[1]}
@@ -110,10 +115,9 @@ def run_job(job: Job, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             datetime.fromisoformat(start)
             for a in alerts
             if _names_scope(a["labels"], job.scope)
-            for start, end in a["firing"]
-            if end is None or datetime.fromisoformat(end) > drop_at
+            for start, _ in a["firing"]
         ]
-        after = [max(s, drop_at) for s in starts]
+        after = [s for s in starts if s >= drop_at]
         result["delay_h"] = (min(after) - drop_at).total_seconds() / 3600 if after else None
         result["before_drop"] = sum(
             1 for a in alerts for s, _ in a["firing"] if datetime.fromisoformat(s) < drop_at
@@ -139,8 +143,8 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, seconds: 
         f" `{args.rules}` in a real Prometheus.",
         "",
         "Drops: qualification and lead -> customer conversion of the scope fall by the size from"
-        f" day {DROP_DAY};"
-        f" {DROP_DAYS}-day histories, backtested from day {BASELINE_DAYS} (the 30-day baselines are full),"
+        f" day {DROP_DAY} + (seed - 1) mod 7 (Thursday to Wednesday), histories ending"
+        f" {AFTER_DROP_DAYS} days after it, backtested from day {BASELINE_DAYS} (30-day baselines full),"
         f" seeds 1..{args.seeds}. Delay: from the drop's start to the first sales alert naming the scope.",
         "",
         "| drop | scope | caught | within 48 h | median delay | worst delay | alerts before the drop |",
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args.reduced = args.seeds < 10 or args.calm < 10
     args.command = "python -m bench.backtest_quality " + " ".join(argv if argv is not None else sys.argv[1:])
     jobs = [
-        Job(seed, DROP_DAYS, scope, size)
+        Job(seed, (drop_start(seed) - START).days + AFTER_DROP_DAYS, scope, size)
         for scope in args.scopes
         for size in args.sizes
         for seed in range(1, args.seeds + 1)

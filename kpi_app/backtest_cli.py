@@ -33,16 +33,20 @@ DEFAULT_RULES = Path("prometheus/rules")
 
 def _table(report: BacktestReport) -> Table:
     table = Table(title=f"Alerts fired {report.start:%Y-%m-%d %H:%M} .. {report.end:%Y-%m-%d %H:%M} UTC")
-    for column in ("alert", "labels", "firing from", "until"):
-        table.add_column(column)
+    table.add_column("alert", no_wrap=True)
+    table.add_column("labels", min_width=24)
+    table.add_column("firing from", no_wrap=True)
+    table.add_column("until", no_wrap=True)
     for alert in report.alerts:
-        labels = ", ".join(f"{k}={v}" for k, v in alert.labels.items() if k != "alertname")
+        labels = ", ".join(
+            f"{k}={v}" for k, v in alert.labels.items() if k not in ("alertname", "area", "severity")
+        )
         for start, end in alert.firing:
             table.add_row(
                 alert.name,
                 labels,
-                f"{start:%Y-%m-%d %H:%M}",
-                f"{end:%Y-%m-%d %H:%M}" if end else "(still firing)",
+                f"{start:%m-%d %H:%M}",
+                f"{end:%m-%d %H:%M}" if end else "(still firing)",
             )
     if not report.alerts:
         table.caption = "no alert fired"

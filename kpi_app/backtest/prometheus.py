@@ -4,11 +4,17 @@
   serving one TSDB directory; its retention is a century, because retention counts back from
   the newest block and would delete the start of a long history. It dies with its owner
   (``die_with_parent``) and ``stop()`` is safe to call twice.
-- ``backfill_openmetrics`` and ``backfill_rules`` wrap ``promtool tsdb create-blocks-from``.
-  Blocks up to ``BLOCK_HOURS`` long: promtool reads the whole OpenMetrics input once per block
-  (prometheus#8915), so 2 h blocks made a 60-day run take hundreds of passes. Rules backfill
-  reads from the server at ``url`` and cannot see the records it is writing, hence one call per
-  level with a restart in between. Prometheus 2.39+ merges the overlapping blocks itself.
+- ``backfill_openmetrics`` wraps ``promtool tsdb create-blocks-from openmetrics``, with blocks
+  up to ``BLOCK_HOURS`` long: promtool reads the whole input once per block (prometheus#8915),
+  so 2 h blocks made a 60-day run take hundreds of passes. Prometheus 2.39+ merges the
+  overlapping blocks of later backfills itself.
+
+``promtool tsdb create-blocks-from rules`` is not used: it evaluates a group at the group's
+offset within the interval, a hash of the group name and FILE PATH (``Group.EvalTimestamp``),
+so with a temp file each level landed at another arbitrary second of the step, and a level
+evaluated just before the one it reads saw that level's previous step. Measured: the same
+backtest fired 1 h later in 1 run of 3. ``run`` evaluates records with ``query_range`` on the
+grid instead, which is what promtool does, minus the offset.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,33 +74,6 @@ def backfill_openmetrics(promtool: str, source: Path, tsdb: Path) -> None:
         ],
         "promtool create-blocks-from openmetrics",
     )
-
-
-def backfill_rules(
-    promtool: str,
-    url: str,
-    rule_file: Path,
-    start: datetime,
-    end: datetime,
-    step_s: int,
-    out: Path,
-    tsdb: Path,
-) -> None:
-    """Evaluate ``rule_file``'s recording rules at ``start + k*step`` up to ``end`` and move the
-    blocks into ``tsdb`` (the server must be restarted to see them)."""
-    out.mkdir(parents=True, exist_ok=True)
-    _run(
-        [
-            promtool, "tsdb", "create-blocks-from", "rules", "--quiet", f"--url={url}",
-            f"--start={int(start.timestamp())}", f"--end={int(end.timestamp())}",
-            f"--eval-interval={step_s}s", f"--max-block-duration={BLOCK_HOURS}h",
-            f"--output-dir={out}", str(rule_file),
-        ],
-        "promtool create-blocks-from rules",
-    )  # fmt: skip
-    for block in out.iterdir():
-        if block.is_dir():
-            block.rename(tsdb / block.name)
 
 
 def _free_port() -> int:

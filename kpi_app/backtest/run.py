@@ -2,7 +2,9 @@
 
 Phases: (1) replay into a scratch Redis namespace, sampling the series the rules read at every
 step (``stepper``); (2) write them as OpenMetrics and backfill a fresh TSDB; (3) start
-Prometheus on it and backfill the recording rules level by level, restarting it in between;
+Prometheus on it and evaluate the recording rules level by level with ``query_range`` on the
+grid, backfilling each level's records (``__name__`` = the record, the rule's labels over the
+result's, as Prometheus records them) and restarting Prometheus before the next level reads them;
 (4) evaluate each alerting rule's expression over ``[start, end]`` with ``query_range`` and
 apply ``for``/``keep_firing_for`` as Prometheus does (``alert_state``). The namespace, the temp
 directory and the Prometheus process are removed whatever happens, Ctrl-C included.
@@ -29,17 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
 from kpi_app.backtest.alert_state import firing_intervals
-from kpi_app.backtest.openmetrics import write_openmetrics
-from kpi_app.backtest.prometheus import (
-    BacktestError,
-    PrometheusServer,
-    backfill_openmetrics,
-    backfill_rules,
-    require_binary,
-)
+from kpi_app.backtest.openmetrics import SeriesBook, write_openmetrics
+from kpi_app.backtest.prometheus import BacktestError, PrometheusServer, backfill_openmetrics, require_binary
 from kpi_app.backtest.rules import Plan, Rule, expand_labels, load_rules, parse_duration, plan
 from kpi_app.backtest.stepper import ReplayStats, read_events, sample_series
 from kpi_app.bootstrap import build_runtime
@@ -166,11 +161,24 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _rule_file(path: Path, rules: list[Rule]) -> None:
-    doc = {"groups": [{"name": "backtest", "rules": [
-        {"record": r.record, "expr": r.expr, **({"labels": r.labels} if r.labels else {})} for r in rules
-    ]}]}  # fmt: skip
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+def _record_level(
+    server: PrometheusServer, rules: list[Rule], times: list[datetime], step_s: int
+) -> SeriesBook:
+    """Every record of ``rules`` at every time of ``times``, as Prometheus would store it."""
+    book = SeriesBook()
+    first, last = round(times[0].timestamp()), round(times[-1].timestamp())
+    for rule in rules:
+        assert rule.record is not None
+        for labels, points in server.query_range(rule.expr, first, last, step_s):
+            labels.pop("__name__", None)
+            merged = sorted(
+                {**labels, **{k: expand_labels(v, labels) for k, v in rule.labels.items()}}.items()
+            )
+            names = tuple(name for name, _ in merged)
+            values = tuple(value for _, value in merged)
+            for t, v in points:
+                book.add(rule.record, names, [(values, v)], t)
+    return book
 
 
 def _evaluate(server: PrometheusServer, rule: Rule, times: list[datetime], step_s: int) -> list[FiredAlert]:
@@ -239,17 +247,10 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
         server.start()
         advance = progress("recording rules", len(the_plan.levels))
         for level, rules in enumerate(the_plan.levels):
-            _rule_file(workdir / f"level{level}.yml", rules)
-            backfill_rules(
-                promtool,
-                server.url,
-                workdir / f"level{level}.yml",
-                times[0],
-                times[-1],
-                step_s,
-                workdir / f"out{level}",
-                workdir / "tsdb",
-            )
+            records = _record_level(server, rules, times, step_s)
+            with open(workdir / f"level{level}.om", "w", encoding="utf-8") as out:
+                write_openmetrics(records, out)
+            backfill_openmetrics(promtool, workdir / f"level{level}.om", workdir / "tsdb")
             server.restart()
             advance()
         report.seconds["recording_rules"] = time.perf_counter() - clock

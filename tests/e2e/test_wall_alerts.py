@@ -229,9 +229,7 @@ def test_api_alerts_without_or_with_an_unreachable_alertmanager(make_settings: A
         assert _alerts(srv).json() == {"enabled": False, "available": False, "total": 0, "alerts": []}
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with serving(make_settings, alertmanager_url=closed) as srv:
-        started = time.monotonic()
         response = _alerts(srv)
-        assert time.monotonic() - started < alerts_feed.TIMEOUT_SECONDS + 2
         assert response.status_code == 200
         assert response.json() == {"enabled": True, "available": False, "total": 0, "alerts": []}
         assert httpx.get(f"{srv.url}/api/kpis?window=24h", timeout=10.0).status_code == 200

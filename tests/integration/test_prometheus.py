@@ -130,10 +130,10 @@ HEALTHY: dict[str, str] = {
     "SalesTargetBehindPace": "target:sales_target_pace_ratio:max >= 0.9",
     # The drop alerts are an `and` of their z-score and guards: a z-score above the threshold
     # in every scope (with data) is healthy.
-    "SalesQualificationRateDropped": "scope:sales_qualification:z_24h > -3.5",
+    "SalesQualificationRateDropped": "scope:sales_qualification:z_7d > -4",
     "SalesConversionDropped": "scope:sales_lead_conversion:z_7d > -3.5",
     "SalesWinRateDropped": "scope:sales_win:z_7d > -3.5",
-    "SalesStageConversionDropped": "scope:sales_stage_conversion:z_24h > -3.5",
+    "SalesStageConversionDropped": "scope:sales_stage_conversion:z_7d > -4",
 }
 
 # Series only a worker exports with a meaningful value (kpi serve's registry has them at

@@ -97,6 +97,35 @@ def test_alertmanager_config_is_valid() -> None:
     assert result.returncode == 0, f"amtool check-config:\n{result.stdout}\n{result.stderr}"
 
 
+@pytest.mark.skipif(
+    shutil.which("amtool") is None,
+    reason="amtool not on PATH (Debian: apt-get install prometheus-alertmanager)",
+)
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (["area=sales", "alertname=SalesQualificationRateDropped", "scope=source", "source=web"], "sales"),
+        (["area=sales", "alertname=SalesTargetBehindPace", "scope=rep:alice"], "sales"),
+        (["area=pipeline", "alertname=KpiNoEventsReceived", "severity=critical"], "pipeline"),
+        (["area=pipeline", "alertname=KpiConsumerLagGrowing", "severity=warning"], "pipeline"),
+        (["alertname=Watchdog"], "null"),
+    ],
+)
+def test_alertmanager_routes_sales_and_pipeline_apart(labels: list[str], receiver: str) -> None:
+    """``amtool config routes test`` exits non-zero when the resolved receiver is not ``receiver``."""
+    argv = ["amtool", "config", "routes", "test", f"--config.file={PROMETHEUS / 'alertmanager.yml'}"]
+    result = subprocess.run(
+        [*argv, f"--verify.receivers={receiver}", *labels],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{labels} -> {result.stdout.strip()}, expected {receiver}: {result.stderr}"
+    )
+
+
 def test_every_alert_has_firing_and_silent_unit_tests() -> None:
     cases = _alert_cases()
     for alert in sorted(_alert_names()):

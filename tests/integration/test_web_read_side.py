@@ -99,7 +99,7 @@ def settings_guarded(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(ingest_tokens=TOKEN, read_tokens="read-1, read-2", view_keys="tv-key")
 
 
-READ_PATHS = ("/", "/static/index.html", "/api/kpis", "/metrics")
+READ_PATHS = ("/", "/static/index.html", "/api/kpis", "/api/alerts", "/metrics")
 
 
 def test_without_read_tokens_reads_stay_open(settings_open: Settings) -> None:
@@ -145,6 +145,11 @@ def test_a_view_key_opens_the_wall_page_and_its_api_calls_only(settings_guarded:
             assert "30d" in api.json()["windows"]
         for wrong in ("tv-ke", "tv-key ", "read-1", ""):
             assert (await client.get("/api/kpis", params={"key": wrong})).status_code == 401, wrong
+            assert (await client.get("/api/alerts", params={"key": wrong})).status_code == 401, wrong
+        # The alert banner's call (no Alertmanager configured here: an empty banner).
+        alerts = await client.get("/api/alerts", params={"key": "tv-key"})
+        assert alerts.status_code == 200
+        assert alerts.json() == {"enabled": False, "available": False, "total": 0, "alerts": []}
         # Not /metrics: Prometheus scrapes with a read token.
         assert (await client.get("/metrics", params={"key": "tv-key"})).status_code == 401
 

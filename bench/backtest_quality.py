@@ -135,6 +135,15 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, seconds: 
     lines = [
         HEADING,
         "",
+        "`kpi alerts backtest HISTORY.jsonl --from T1 --to T2 [--step 1h] [--rules DIR]"
+        " [--format json|table]` replays a history into a scratch Redis namespace step by step, samples"
+        " the `sales_*` series the rules read with the collector's own code, evaluates the recording"
+        " rules and then each alert in a real Prometheus (`for` and `keep_firing_for` applied as"
+        " Prometheus does) and reports every alert's firing intervals. `kpi simulate --drop"
+        " RATE:SCOPE:SIZE:START` (e.g. `qualification:source=web:0.7:2026-04-02T00:00:00Z`) makes"
+        " histories with a known drop. This section is written by `make backtest`"
+        " (bench/backtest_quality.py).",
+        "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on a {os.cpu_count()}-core machine by `{args.command}`"
         f" ({seconds / 60:.0f} min, {args.jobs} backtests at a time)"
         f"{' -- REDUCED run' if args.reduced else ''}.",

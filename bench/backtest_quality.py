@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday, in the past (events from the future are refused)
 BASELINE_DAYS, DROP_DAY, AFTER_DROP_DAYS, CALM_DAYS = 30, 31, 7, 60
 HEADING = "## Measured quality"
+END_MARK = "<!-- end of make backtest output: notes below it are kept -->"
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, seconds: 
                 f"| {size:.0%} | {scope} | {len(delays)}/{len(rows)} | {within}/{len(rows)} |"
                 f" {_fmt_h(median)} | {worst_text} | {before} |"
             )
+    target = [r for r in results if r["job"].size == 0.7 and r["job"].scope != "total"]
+    caught48 = sum(1 for r in target if r["delay_h"] is not None and r["delay_h"] <= 48)
     calm = [r for r in results if not r["job"].size]
     months = len(calm) * (CALM_DAYS - BASELINE_DAYS) / 30.44
     alarms = sum(len(firing) for r in calm for _, _, firing in r["false_alarms"])
@@ -183,6 +186,16 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, seconds: 
         f" interval(s) ({alarms / months if months else 0:.2f} per month), {noisy} of {len(calm)}"
         " months with any.",
     ]
+    if target:
+        met = "met" if caught48 >= 0.9 * len(target) else "NOT met"
+        lines += [
+            "",
+            f"Target, a 70% drop in one source caught within 48 h in >= 9 of 10 seeds: {met}"
+            f" ({caught48}/{len(target)}).",
+        ]
+    if calm:
+        met = "met" if alarms == 0 else "NOT met"
+        lines += [f"Target, no false alarm in 10 calm months: {met} ({alarms} in {months:.1f} months)."]
     names: dict[str, int] = {}
     for r in calm:
         for name, labels, firing in r["false_alarms"]:
@@ -198,14 +211,20 @@ def summarise(results: list[dict[str, Any]], args: argparse.Namespace, seconds: 
 
 
 def write_section(doc: Path, section: str) -> None:
-    """Replace (or append) the "## Measured quality" section of ``doc``, leaving the rest."""
+    """Replace the generated part of the "## Measured quality" section of ``doc`` (up to
+    ``END_MARK``, or the next "## " heading), or append the section; the rest is left alone."""
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Alerts\n"
+    generated = section + "\n" + END_MARK + "\n"
     if HEADING in text:
         head, rest = text.split(HEADING, 1)
-        tail = rest.split("\n## ", 1)
-        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
+        if END_MARK in rest.split("\n## ", 1)[0]:
+            tail = rest.split(END_MARK, 1)[1].lstrip("\n")
+            text = head + generated + ("\n" + tail if tail else "")
+        else:
+            parts = rest.split("\n## ", 1)
+            text = head + generated + ("\n## " + parts[1] if len(parts) > 1 else "")
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = text.rstrip("\n") + "\n\n" + generated
     doc.write_text(text, encoding="utf-8")
 
 

@@ -248,6 +248,9 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
         advance = progress("recording rules", len(the_plan.levels))
         for level, rules in enumerate(the_plan.levels):
             records = _record_level(server, rules, times, step_s)
+            if not records.samples:  # nothing to add: the server already sees all there is
+                advance()
+                continue
             with open(workdir / f"level{level}.om", "w", encoding="utf-8") as out:
                 write_openmetrics(records, out)
             backfill_openmetrics(promtool, workdir / f"level{level}.om", workdir / "tsdb")

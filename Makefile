@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install deps demo test test-unit lint bench dashboards clean
+.PHONY: help install deps demo test test-unit lint bench backtest dashboards clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test-unit: install ## fast unit tests only (no servers)
 
 bench: install ## throughput, memory, scrape time and freshness figures
 	$(BIN)/python -m bench
+
+backtest: install ## alert quality: detection delay and false alarms of the sales drop alerts (bench/backtest_quality.py; ~20 min on 2 cores)
+	$(BIN)/python -m bench.backtest_quality
 
 dashboards: install ## regenerate grafana/dashboards/*.json from dashboards/ (commit the result)
 	$(BIN)/python -m dashboards

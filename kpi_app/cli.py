@@ -2,7 +2,8 @@
 
 The commands live by concept: here the state commands (`replay`, `show`); the streaming side in
 kpi_app.cli_streaming; `import` and `hooks-worker` in kpi_app.cli_connectors; `targets` in
-kpi_app.targets_cli. Shared options and helpers: kpi_app.cli_common.
+kpi_app.targets_cli; `alerts backtest` in kpi_app.backtest_cli. Shared options and helpers:
+kpi_app.cli_common.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import typer
 from rich.console import Console
 
 from kpi_app import cli_streaming
+from kpi_app.backtest_cli import alerts_app
 from kpi_app.bootstrap import Runtime
 from kpi_app.cli_common import (
+    Format,
     Namespace,
     RedisUrl,
     configure_logging,
@@ -38,11 +41,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Real-time sales KPIs from CRM events (see docs and DESIGN).",
 )
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
 
 
 class By(StrEnum):
@@ -124,9 +122,11 @@ app.command()(cli_streaming.send)
 app.command()(cli_streaming.worker)
 app.command()(cli_streaming.broker)
 app.command()(cli_streaming.demo)
+
 app.command("import")(import_csv)
 app.command("hooks-worker")(hooks_worker)
 app.add_typer(targets_app, name="targets")
+app.add_typer(alerts_app, name="alerts")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -53,11 +54,17 @@ def load_settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def parse_instant(value: str | None) -> datetime | None:
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def parse_instant(value: str | None, option: str = "--as-of") -> datetime | None:
+    """An option's RFC 3339 instant (None when not given); a bad one is a usage error naming it."""
     if value is None:
         return None
     try:
-        return instants.parse_instant(value, "--as-of")
+        return instants.parse_instant(value, option)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

@@ -23,6 +23,7 @@ from kpi_app.cli_common import (
     Topic,
     console,
     load_settings,
+    parse_instant,
     require_files,
     start_consumer,
 )
@@ -36,6 +37,18 @@ def simulate(
     reps: Annotated[int, typer.Option(help="sales reps")] = 8,
     leads_per_day: Annotated[float, typer.Option(help="lead volume")] = 120.0,
     conversion_drop: Annotated[bool, typer.Option(help="scenario: conversion drops (alert demo)")] = False,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a rate drop, repeatable: RATE:SCOPE:SIZE:START, RATE one of qualification, stage, win,"
+            " conversion; SCOPE total, source=NAME or segment=NAME; SIZE 0.7: the rate falls to 30%;"
+            " e.g. qualification:source=web:0.7:2026-01-20T00:00:00Z"
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(help="history: end of the history (RFC 3339; default now), for reproducible files"),
+    ] = None,
     corrections: Annotated[
         bool,
         typer.Option(help="the CRM's later edits: reopens, reassignments, amount fixes, deletions, merges"),
@@ -56,7 +69,12 @@ def simulate(
     real time at about --rate events/s; --conversion-drop starts with the live phase.
     """
     from kpi_app.simulation import SimConfig, simulate_history
+    from kpi_app.simulation.drops import parse_drop
 
+    try:
+        drops = tuple(parse_drop(text) for text in drop or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--drop") from exc
     if output is None:
         settings = load_settings(kafka_url=kafka_url, topic=topic)
         if not settings.kafka_url:
@@ -66,6 +84,7 @@ def simulate(
             reps=reps,
             stages=settings.stage_names,
             conversion_drop=conversion_drop,
+            drops=drops,
             time_scale=time_scale,
             corrections=corrections,
         )
@@ -78,13 +97,14 @@ def simulate(
         stages=settings.stage_names,
         leads_per_day=leads_per_day,
         conversion_drop=conversion_drop,
+        drops=drops,
         corrections=corrections,
     )
-    end = datetime.now(UTC).replace(microsecond=0)
-    start = end - timedelta(days=history_days)
+    until = (parse_instant(end, "--end") or datetime.now(UTC)).replace(microsecond=0)
+    start = until - timedelta(days=history_days)
     n = 0
     with open(output, "wb") as out:
-        for event in simulate_history(config, start=start, end=end):
+        for event in simulate_history(config, start=start, end=until):
             out.write(orjson.dumps(event) + b"\n")
             n += 1
     console.print(f"wrote {n:,} events ({history_days:g} days) to {output}")

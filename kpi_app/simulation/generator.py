@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from itertools import accumulate
 from typing import Any, cast
 
+from kpi_app.simulation.drops import DropSet
 from kpi_app.simulation.model import (
     AMEND,
     AMEND_DEAL,
@@ -103,6 +104,7 @@ class LiveSimulator:
         self._drop_ms = 2**62  # deal and lead decisions taking effect from here on are hit by the drop
         if config.conversion_drop:
             self._drop_ms = ms_ceil(config.drop_at) if config.drop_at else -(2**62)
+        self._drops = DropSet(config.drops)
         per_day = min(86_400, max(1, math.ceil(config.leads_per_day / MAX_LEADS_PER_CHUNK)))
         per_day = next(n for n in range(per_day, 86_401) if 86_400 % n == 0)  # whole seconds
         self.chunk = timedelta(seconds=86_400 // per_day)  # the generation step, aligned to midnight UTC
@@ -251,6 +253,8 @@ class LiveSimulator:
             fields["rep_id"] = rep.name
         when = self._later(t, 0.05 + rng.expovariate(1 / 1.5))
         p = source.qualify * (rep.skill**0.5 if rep else 0.9)
+        if self._drops:
+            p *= self._drops.factor("qualification", when, source.name, segment.name)
         if rng.random() < p * (DROP_QUALIFY if when >= self._drop_ms else 1.0):
             self._push(when, QUALIFY, lead)
         if self._fixing:
@@ -264,6 +268,8 @@ class LiveSimulator:
     def _qualify(self, t: int, lead: Lead) -> Body:
         when = self._later(t, 0.1 + self._rng.expovariate(1 / 2.0))
         p = DEAL_FROM_QUALIFIED * (DROP_STEP if when >= self._drop_ms else 1.0)
+        if self._drops:
+            p *= self._drops.factor("conversion", when, lead.source.name, lead.segment.name)
         if self._rng.random() < p:
             self._push(when, DEAL, lead)
         return "lead.qualified", {"lead_id": lead.id}
@@ -300,11 +306,19 @@ class LiveSimulator:
         if i > 0 and not deal.slipped and rng.random() < SLIP_BACK:
             deal.slipped, deal.next = True, i - 1
             self._push(when, STAGE, deal)
-        elif rng.random() < deal.step_p[i] * (DROP_STEP if when >= self._drop_ms else 1.0):
+        elif rng.random() < self._step_p(deal, when):
             deal.next = i + 1
             self._push(when, WON if i + 1 == n else STAGE, deal)
         else:
             self._push(when, LOST, deal)
+
+    def _step_p(self, deal: Deal, when: int) -> float:
+        """P(the deal's next step succeeds), under the drops in effect at ``when``."""
+        p = deal.step_p[deal.stage] * (DROP_STEP if when >= self._drop_ms else 1.0)
+        if self._drops:
+            rate = "win" if deal.stage + 1 == len(self._stages) else "stage"
+            p *= self._drops.factor(rate, when, deal.lead.source.name, deal.lead.segment.name)
+        return p
 
     def _stage(self, t: int, deal: Deal) -> Body:
         rng = self._rng

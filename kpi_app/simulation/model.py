@@ -28,6 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kpi_app.simulation.drops import RateDrop
 
 DAY, HOUR, MONTH_DAYS = 86_400_000, 3_600_000, 30.44  # ms, ms, days
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,6 +113,9 @@ class SimConfig:
     - ``conversion_drop``: from ``drop_at`` on (None: from the start) qualification falls to 35%
       and every deal step (advance, win) to 45% of its normal probability, so conversion and
       win rate fall at once, for alert demos.
+    - ``drops``: targeted drops of one rate in one source, segment or the total, each from its
+      own time (``kpi_app.simulation.drops``); they draw no random numbers, so a history without
+      any is the same as before they existed.
     - ``time_scale``: life-cycle durations (qualification, deal stages, billing, churn) are
       divided by it. 1.0 gives real cycles of days to weeks, with more events in business hours
       and on weekdays. A live demo that should show deals closing within minutes uses e.g. 1440
@@ -122,6 +129,7 @@ class SimConfig:
     leads_per_day: float = 120.0
     conversion_drop: bool = False
     drop_at: datetime | None = None
+    drops: tuple[RateDrop, ...] = ()
     time_scale: float = 1.0
     corrections: bool = True
 

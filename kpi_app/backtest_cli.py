@@ -65,6 +65,13 @@ def backtest(
     rules: Annotated[
         Path, typer.Option(help="a rule file, or a directory of *.yml rule files")
     ] = DEFAULT_RULES,
+    warmup: Annotated[
+        str | None,
+        typer.Option(
+            help="history sampled before --from for the rules' offsets and ranges (e.g. 22d);"
+            " default: as far as the rules reach back"
+        ),
+    ] = None,
     output_format: Annotated[Format, typer.Option("--format", help="table or json")] = Format.table,
     progress: Annotated[bool, typer.Option(help="show progress bars (stderr)")] = True,
     redis_url: RedisUrl = None,
@@ -77,7 +84,11 @@ def backtest(
     first, last = parse_instant(start, "--from"), parse_instant(end, "--to")
     assert first is not None and last is not None
     try:
-        spec = BacktestSpec(history, first, last, parse_duration(step), files)
+        reach = None if warmup is None else parse_duration(warmup)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--warmup") from exc
+    try:
+        spec = BacktestSpec(history, first, last, parse_duration(step), files, warmup=reach)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--step") from exc
     settings = load_settings(redis_url=redis_url)

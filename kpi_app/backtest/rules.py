@@ -28,6 +28,7 @@ _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _WINDOW_MATCHER = re.compile(r'\bwindow\s*(=~|!~|!=|=)\s*"([^"]*)"')
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+_OFFSET_OR_RANGE = re.compile(r"\boffset\s+(\d[0-9dhms]*)|\[(\d[0-9dhms]*)(?::[0-9dhms]*)?\]")
 _TEMPLATE_LABEL = re.compile(r"\{\{\s*\$labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -162,6 +163,23 @@ def plan(rules: list[Rule]) -> Plan:
         windows=frozenset(windows) if windows else None,
         skipped=skipped,
     )
+
+
+def lookback(the_plan: Plan) -> timedelta:
+    """How far before an evaluation the rules read: per recording level and for the alerts, the
+    longest ``offset`` plus range selector of any of its expressions, summed along the levels (a
+    level reading a record ``offset 7d`` reaches back what that record itself reaches, plus 7d).
+    An upper bound: a backtest sampling this much history before ``--from`` gives every rule
+    the samples a long-running Prometheus would have."""
+
+    def reach(expr: str) -> timedelta:
+        spans = [parse_duration(a or b) for a, b in _OFFSET_OR_RANGE.findall(_STRING.sub('""', expr))]
+        return max(spans, default=timedelta(0))
+
+    total = timedelta(0)
+    for group in [*the_plan.levels, the_plan.alerts]:
+        total += max((reach(rule.expr) for rule in group), default=timedelta(0))
+    return total
 
 
 def expand_labels(template: str, labels: dict[str, str]) -> str:

@@ -11,8 +11,10 @@ directory and the Prometheus process are removed whatever happens, Ctrl-C includ
 
 Evaluation times are ``start + k*step``, ``start`` rounded up to a multiple of ``step`` and
 ``step`` a divisor of a day, so promtool's blocks (aligned to their length) keep one grid.
-Rules see no sample before ``start``: range selectors and ``offset`` reaching before it find
-nothing (the sales rules use neither).
+Series and records are also sampled over a warm-up before ``start`` (``warmup``; None: what
+the rules' ``offset``s and ranges reach back, ``rules.lookback``), so a rule comparing with
+``offset 21d`` sees at ``start`` what a long-running Prometheus would; alerts are evaluated from
+``start`` only. History missing from the warm-up is missing to the rules, as on a new server.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import structlog
 from kpi_app.backtest.alert_state import firing_intervals
 from kpi_app.backtest.openmetrics import SeriesBook, write_openmetrics
 from kpi_app.backtest.prometheus import BacktestError, PrometheusServer, backfill_openmetrics, require_binary
-from kpi_app.backtest.rules import Plan, Rule, expand_labels, load_rules, parse_duration, plan
+from kpi_app.backtest.rules import Plan, Rule, expand_labels, load_rules, lookback, parse_duration, plan
 from kpi_app.backtest.stepper import ReplayStats, read_events, sample_series
 from kpi_app.bootstrap import build_runtime
 from kpi_state.settings import Settings
@@ -53,6 +55,7 @@ class BacktestSpec:
     rule_files: list[Path]
     prometheus: str | None = None
     promtool: str | None = None
+    warmup: timedelta | None = None
 
 
 @dataclass
@@ -111,6 +114,14 @@ def evaluation_times(start: datetime, end: datetime, step: timedelta) -> list[da
     if first > last:
         raise ValueError("--from must be before --to (at least one step apart)")
     return [datetime.fromtimestamp(t, UTC) for t in range(first, last + 1, step_s)]
+
+
+def warmup_times(times: list[datetime], step: timedelta, warmup: timedelta) -> list[datetime]:
+    """The grid times before ``times[0]`` within ``warmup`` (whole steps, rounded up), oldest first."""
+    if warmup < timedelta(0):
+        raise ValueError("--warmup must not be negative")
+    count = -(-warmup // step)
+    return [times[0] - step * k for k in range(count, 0, -1)]
 
 
 def _no_progress(description: str, total: int) -> Callable[[], None]:
@@ -216,11 +227,13 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
     the_plan = plan(load_rules(spec.rule_files))
     if not the_plan.alerts:
         raise BacktestError("no alerting rule reads a sales_* series in the rule files given")
+    warmup = lookback(the_plan) if spec.warmup is None else spec.warmup
+    sampled = warmup_times(times, spec.step, warmup) + times
     report = BacktestReport(
         times[0], times[-1], spec.step, [r.alert or "" for r in the_plan.alerts], the_plan.skipped
     )
     clock = time.perf_counter()
-    book = asyncio.run(_sample(settings, spec, the_plan, times, report, progress))
+    book = asyncio.run(_sample(settings, spec, the_plan, sampled, report, progress))
     report.samples = book.samples
     report.seconds["replay"] = time.perf_counter() - clock
     log.info(
@@ -247,7 +260,7 @@ def run_backtest(spec: BacktestSpec, settings: Settings, progress: Progress = _n
         server.start()
         advance = progress("recording rules", len(the_plan.levels))
         for level, rules in enumerate(the_plan.levels):
-            records = _record_level(server, rules, times, step_s)
+            records = _record_level(server, rules, sampled, step_s)
             if not records.samples:  # nothing to add: the server already sees all there is
                 advance()
                 continue

@@ -11,8 +11,8 @@ import pytest
 
 from kpi_app.backtest.alert_state import firing_intervals
 from kpi_app.backtest.openmetrics import SeriesBook, write_openmetrics
-from kpi_app.backtest.rules import Rule, expand_labels, load_rules, parse_duration, plan
-from kpi_app.backtest.run import evaluation_times
+from kpi_app.backtest.rules import Rule, expand_labels, load_rules, lookback, parse_duration, plan
+from kpi_app.backtest.run import evaluation_times, warmup_times
 
 H = 3600
 TIMES = list(range(0, 12 * H, H))
@@ -173,3 +173,24 @@ def test_evaluation_times_start_on_the_step_grid() -> None:
         evaluation_times(start, start + timedelta(hours=3), timedelta(minutes=7))
     with pytest.raises(ValueError, match="before"):
         evaluation_times(start, start, timedelta(hours=1))
+
+
+def test_lookback_sums_the_longest_offset_or_range_of_each_level() -> None:
+    rules = [
+        Rule.model_validate({"record": "a:x", "expr": 'sales_leads{window="24h"} + sales_leads offset 1d'}),
+        Rule.model_validate({"record": "b:x", "expr": "a:x offset 7d + a:x offset 21d"}),
+        Rule.model_validate({"record": "c:x", "expr": 'b:x / a:x{note="offset 90d"}'}),
+        Rule.model_validate({"alert": "A", "expr": "max_over_time(c:x[2h:5m]) < 1", "for": "4h"}),
+    ]
+    assert lookback(plan(rules)) == timedelta(days=22, hours=2)
+    plain = [Rule.model_validate({"alert": "A", "expr": 'sales_leads{window="7d"} < 1'})]
+    assert lookback(plan(plain)) == timedelta(0)
+
+
+def test_warmup_times_extend_the_grid_backwards_by_whole_steps() -> None:
+    times = [datetime(2026, 1, 10, h, tzinfo=UTC) for h in (0, 1)]
+    assert warmup_times(times, timedelta(hours=1), timedelta(0)) == []
+    before = warmup_times(times, timedelta(hours=1), timedelta(hours=2, minutes=30))
+    assert before == [datetime(2026, 1, 9, h, tzinfo=UTC) for h in (21, 22, 23)]
+    with pytest.raises(ValueError, match="negative"):
+        warmup_times(times, timedelta(hours=1), timedelta(hours=-1))

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from itertools import accumulate
 from typing import Any, cast
 
+from kpi_app.simulation.corrections import CorrectionSteps
 from kpi_app.simulation.drops import DropSet
 from kpi_app.simulation.model import (
     AMEND,
@@ -43,22 +44,16 @@ from kpi_app.simulation.model import (
     LOSS_REASONS,
     LOST,
     MAX_LEADS_PER_CHUNK,
-    MERGE,
     MONTH_DAYS,
     MS,
     NPS_CUM,
     QUALIFY,
     REASSIGN,
     REASSIGN_DEAL,
-    RELOST_DEAL,
     REOPEN,
     REOPEN_DEAL,
     REP_NAMES,
-    RESTORE,
-    RESTORE_DEAL,
     REVENUE,
-    REWIN,
-    REWIN_DEAL,
     SALES_SPEND,
     SEGMENTS,
     SLIP_BACK,
@@ -81,7 +76,7 @@ from kpi_app.simulation.model import (
 )
 
 
-class LiveSimulator:
+class LiveSimulator(CorrectionSteps):
     """The simulation engine, advanced by consecutive ``[start, end)`` intervals.
 
     The first call's ``start`` is the origin: nothing exists before it, so a live run that
@@ -384,74 +379,6 @@ class LiveSimulator:
 
     def _pick_rep(self) -> Rep:
         return self._reps[pick(self._rng, self._rep_cum)]
-
-    # -- corrections: the CRM's later edits (drawn from self._fix) ------------------------------
-
-    def _other_rep(self, name: str) -> str:
-        others = [r.name for r in self._reps if r.name != name]
-        return self._fix.choice(others) if others else name
-
-    def _fix_lead(self, t: int, lead: Lead) -> Body:
-        others = [src for src in SOURCES if src is not lead.source]
-        return "lead.updated", {"lead_id": lead.id, "source": self._fix.choice(others).name}
-
-    def _dup_lead(self, t: int, lead: Lead) -> Body:
-        lead.duplicate = f"{lead.id}-dup"
-        self._push(self._fix_later(t, 1.0, 4.0), MERGE, lead)
-        fields: dict[str, object] = {"lead_id": lead.duplicate, "source": lead.source.name}
-        return "lead.created", {**fields, "segment": lead.segment.name}
-
-    def _merge(self, t: int, lead: Lead) -> Body:
-        """The duplicate merged into the lead: its deals re-linked, then it is deleted."""
-        assert lead.duplicate is not None
-        for deal_id in lead.duplicate_deals:
-            self._push(t, EMIT, ("deal.updated", {"deal_id": deal_id, "lead_id": lead.id}))
-        duplicate, lead.duplicate, lead.duplicate_deals = lead.duplicate, None, []
-        return "lead.deleted", {"lead_id": duplicate}
-
-    def _reassign(self, t: int, deal: Deal) -> Body:
-        deal.owner = self._other_rep(deal.owner)  # later events of the deal name the new owner
-        return "deal.updated", {"deal_id": deal.id, "rep_id": deal.owner}
-
-    def _delete(self, t: int, deal: Deal) -> Body:
-        if self._fix.random() < RESTORE:
-            self._push(self._fix_later(t, 0.2, 2.0), RESTORE_DEAL, deal)
-        return "deal.deleted", {"deal_id": deal.id}
-
-    def _restore(self, t: int, deal: Deal) -> Body:
-        return "deal.restored", {"deal_id": deal.id}
-
-    def _amend(self, t: int, deal: Deal) -> Body:
-        deal.amount = round(deal.amount * self._fix.uniform(0.85, 1.1), 2)
-        return "deal.updated", {"deal_id": deal.id, "amount": deal.amount}
-
-    def _reopen(self, t: int, deal: Deal) -> Body:
-        fix = self._fix
-        when = self._fix_later(t, 2.0, 20.0)
-        self._push(when, REWIN_DEAL if fix.random() < REWIN else RELOST_DEAL, deal)
-        return "deal.reopened", {"deal_id": deal.id, "stage": self._stages[-1]}
-
-    def _rewin(self, t: int, deal: Deal) -> Body:
-        """Won again, for more, by its owner or (one time in three) a colleague who took over."""
-        fix = self._fix
-        if fix.random() < 1 / 3:
-            deal.owner = self._other_rep(deal.owner)
-        deal.amount = round(deal.amount * fix.uniform(1.0, 1.2), 2)
-        fields: dict[str, object] = {
-            "deal_id": deal.id,
-            "customer_id": deal.customer,
-            "rep_id": deal.owner,
-        }
-        return "deal.won", {**fields, "amount": deal.amount, "lead_id": deal.lead.id}
-
-    def _relost(self, t: int, deal: Deal) -> Body:
-        reason = LOSS_REASONS[pick(self._fix, LOSS_CUM)]
-        return "deal.lost", {
-            "deal_id": deal.id,
-            "rep_id": deal.owner,
-            "lead_id": deal.lead.id,
-            "reason": reason,
-        }
 
 
 def simulate_history(config: SimConfig, *, start: datetime, end: datetime) -> Iterator[dict[str, object]]:

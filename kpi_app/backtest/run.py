@@ -38,8 +38,9 @@ from kpi_app.backtest.alert_state import firing_intervals
 from kpi_app.backtest.openmetrics import SeriesBook, write_openmetrics
 from kpi_app.backtest.prometheus import BacktestError, PrometheusServer, backfill_openmetrics, require_binary
 from kpi_app.backtest.rules import Plan, Rule, expand_labels, load_rules, lookback, parse_duration, plan
-from kpi_app.backtest.stepper import ReplayStats, read_events, sample_series
+from kpi_app.backtest.stepper import read_events, sample_series
 from kpi_app.bootstrap import build_runtime
+from kpi_app.replay import ReplaySummary
 from kpi_state.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -73,7 +74,7 @@ class BacktestReport:
     evaluated: list[str]
     skipped: list[str]
     alerts: list[FiredAlert] = field(default_factory=list)
-    replay: ReplayStats = field(default_factory=ReplayStats)
+    replay: ReplaySummary = field(default_factory=ReplaySummary)
     samples: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 

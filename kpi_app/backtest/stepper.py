@@ -15,46 +15,36 @@ Events more than ``max_future_skew`` after the wall clock are rejected as by any
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kpi_app.backtest.openmetrics import SeriesBook
 from kpi_app.bootstrap import Runtime
+from kpi_app.jsonl import read_lines
+from kpi_app.replay import ReplaySummary
 from kpi_state.collector import KpiSnapshot, kpi_families, read_snapshot
 from kpi_state.events import Event, Rejection
 from kpi_state.report import KpiReader
 
 
-@dataclass
-class ReplayStats:
-    lines: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-
-
-def read_events(path: Path, runtime: Runtime, stats: ReplayStats) -> list[Event]:
-    """The file's valid events in ``occurred_at`` order (stable for ties); rejections counted."""
+def read_events(path: Path, runtime: Runtime, stats: ReplaySummary) -> list[Event]:
+    """The file's valid events in ``occurred_at`` order (stable for ties); lines and rejections
+    counted in ``stats`` as ``kpi replay`` counts them."""
     now = datetime.now(UTC)
     events: list[Event] = []
-    with open(path, "rb") as lines:
-        for raw in lines:
-            if not raw.strip():
-                continue
-            stats.lines += 1
-            parsed = runtime.parser.parse_bytes(raw, now)
-            if isinstance(parsed, Rejection):
-                stats.rejected[parsed.reason] += 1
-            else:
-                events.append(parsed)
+    for line in read_lines([str(path)]):
+        stats.lines += 1
+        parsed = runtime.parser.parse_bytes(line.raw, now)
+        if isinstance(parsed, Rejection):
+            stats.rejected[parsed.reason] += 1
+        else:
+            events.append(parsed)
     events.sort(key=lambda e: e.occurred_at)
     return events
 
 
-async def _apply(runtime: Runtime, events: Sequence[Event], stats: ReplayStats) -> None:
+async def _apply(runtime: Runtime, events: Sequence[Event], stats: ReplaySummary) -> None:
     size = runtime.settings.batch_size
     for first in range(0, len(events), size):
         result = await runtime.store.apply(list(events[first : first + size]))
@@ -77,7 +67,7 @@ async def sample_series(
     times: Sequence[datetime],
     families: frozenset[str],
     windows: frozenset[str] | None,
-    stats: ReplayStats,
+    stats: ReplaySummary,
     advance: Callable[[], None] = lambda: None,
     stopped: Callable[[], bool] = lambda: False,
 ) -> SeriesBook:

@@ -24,6 +24,7 @@ import orjson
 
 from kpi_app.hooks_web import hubspot_signature
 from streams.broker import EmbeddedBroker, free_port
+from streams.childproc import stop_process
 
 SECRET = "bench-secret"  # noqa: S105 - a throwaway secret of the bench server
 BASIC = "kpi:bench"
@@ -185,12 +186,7 @@ def run(redis_url: str) -> dict[str, Any]:
             _wait_healthy(base, proc)
             result = asyncio.run(_load(base))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
     result["translation"] = asyncio.run(_translate_rate(redis_url, f"bench-hooks-{suffix}"))
     result["verdict"] = (
         f"webhook answer at {RATE:g} requests/s (serve + embedded broker + load generator on one machine): "

@@ -65,3 +65,16 @@ def stop_groups(procs: Sequence[subprocess.Popen[Any]], timeout: float) -> list[
             proc.wait()
             killed.append(proc)
     return killed
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM to ``proc`` alone (a child in our own process group), SIGKILL if it is still
+    running ``timeout`` s later; reaped either way. A process already exited is only reaped."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import structlog
 
-from streams.childproc import die_with_parent
+from streams.childproc import die_with_parent, stop_process
 
 log = structlog.get_logger(__name__)
 BLOCK_HOURS = 31 * 24  # what Prometheus itself allows at most by default
@@ -125,14 +125,8 @@ class PrometheusServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, 20)
 
     def restart(self) -> None:
         self.stop()
